@@ -1,0 +1,117 @@
+"""Install the steer op on every mapped layer's ``mlp.down_proj`` of a loaded model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from adaras_vllm.maps import MapMismatchError, NeuronMap
+
+from .state import SteeringState
+from .steer import LayerTable, build_layer_table, steer_
+
+_DOWN_PROJ = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.down_proj$")
+_MLP = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp$")
+
+
+class SteeredDownProj:
+    """Mixin placed in front of a ``down_proj`` class: steer its input, then project.
+
+    The buffers are plain tensor attributes of the module, so torch.compile turns them
+    into graph inputs read by reference at every call (never constants baked in).
+    """
+
+    adaras_alpha: torch.Tensor
+    adaras_map_id: torch.Tensor
+    adaras_indices: torch.Tensor
+    adaras_table: torch.Tensor
+
+    def forward(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
+        steer_(x, self.adaras_alpha, self.adaras_map_id, self.adaras_indices, self.adaras_table)
+        return super().forward(x, *args, **kwargs)  # type: ignore[misc]
+
+
+_steered_classes: dict[type, type] = {}
+
+
+def _steered_class(cls: type) -> type:
+    if issubclass(cls, SteeredDownProj):
+        return cls
+    if cls not in _steered_classes:
+        _steered_classes[cls] = type(f"Steered{cls.__name__}", (SteeredDownProj, cls), {})
+    return _steered_classes[cls]
+
+
+def _shard_of(down_proj: nn.Module, full_size: int) -> tuple[int, int]:
+    """Which columns of the intermediate dim this rank's ``down_proj`` receives."""
+    local = getattr(down_proj, "input_size_per_partition", None)
+    if local is None:
+        return 0, full_size
+    rank = getattr(down_proj, "tp_rank", 0) if local != full_size else 0
+    return rank * local, local
+
+
+def find_mlps(model: nn.Module) -> tuple[dict[int, nn.Module], dict[int, nn.Module]]:
+    """``layers.N.mlp`` and ``layers.N.mlp.down_proj`` modules by layer index."""
+    mlps: dict[int, nn.Module] = {}
+    downs: dict[int, nn.Module] = {}
+    for name, mod in model.named_modules():
+        if (m := _DOWN_PROJ.search(name)) is not None:
+            downs[int(m.group(1))] = mod
+        elif (m := _MLP.search(name)) is not None:
+            mlps[int(m.group(1))] = mod
+    return mlps, downs
+
+
+def install_steering(
+    model: nn.Module,
+    maps: Sequence[NeuronMap],
+    state: SteeringState,
+    model_config,  # noqa: ANN001 - a transformers PretrainedConfig (hf_config)
+) -> dict[int, LayerTable]:
+    """Validate the maps against the model and patch each mapped layer. Idempotent.
+
+    Raises ``MapMismatchError`` at start-up for a map that does not fit the model, a
+    mapped layer that has no ``mlp.down_proj`` here, or an MoE MLP.
+    """
+    for m in maps:
+        m.validate(model_config)
+    mlps, downs = find_mlps(model)
+    wanted = sorted({layer for m in maps for layer in m.layers})
+    tables: dict[int, LayerTable] = {}
+    for layer in wanted:
+        down = downs.get(layer)
+        if down is None:
+            mlp = mlps.get(layer)
+            if mlp is not None and hasattr(mlp, "experts"):
+                raise MapMismatchError(
+                    f"layer {layer} has a mixture-of-experts MLP ({type(mlp).__name__}); "
+                    "steering MoE MLPs is not supported"
+                )
+            names = ", ".join(m.name for m in maps if layer in m.layers)
+            found = f"layers {min(downs)}..{max(downs)}" if downs else "none at all"
+            raise MapMismatchError(
+                f"neuron map(s) {names} steer layer {layer}, but the model has no "
+                f"layers.{layer}.mlp.down_proj (found {found})"
+            )
+        start, size = _shard_of(down, int(model_config.intermediate_size))
+        table = build_layer_table(maps, layer, start, size)
+        if table is None:
+            continue
+        device = _device_of(down)
+        down.adaras_alpha = state.alpha
+        down.adaras_map_id = state.map_id
+        down.adaras_indices = table.indices.to(device)
+        down.adaras_table = table.table.to(device)
+        down.__class__ = _steered_class(type(down))
+        tables[layer] = table
+    return tables
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")

@@ -1,0 +1,98 @@
+"""The neuron maps this process serves, loaded once from ``ADARAS_NEURON_MAPS``.
+
+Every vLLM process (front end, engine core, each worker) runs the plugin, so each loads
+the same maps from the same environment variable; the first map is the default.
+Format: comma-separated ``name=path`` or bare ``path`` (named by the map's metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from adaras_vllm.maps import NeuronMap
+
+from .params import SteeringParams, parse_steering
+
+ENV_VAR = "ADARAS_NEURON_MAPS"
+
+
+class MapRegistry:
+    """Loaded maps by name, in a fixed order: a request's map id is its position here."""
+
+    def __init__(self, maps: list[NeuronMap]) -> None:
+        names = [m.name for m in maps]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"{ENV_VAR}: map name(s) {', '.join(dup)} given more than once")
+        self.maps = list(maps)
+        self.names = names
+        self._ids = {n: i for i, n in enumerate(names)}
+        self._fingerprints = {m.name: m.fingerprint() for m in maps}
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def __bool__(self) -> bool:
+        return bool(self.maps)
+
+    @property
+    def default(self) -> NeuronMap:
+        return self.maps[0]
+
+    def map_id(self, name: str) -> int:
+        return self._ids[name]
+
+    def get(self, name: str) -> NeuronMap:
+        return self.maps[self._ids[name]]
+
+    def map_fingerprint(self, name: str) -> str:
+        return self._fingerprints[name]
+
+    def parse(self, extra_args) -> SteeringParams:
+        """Validate one request's steering fields against the loaded maps."""
+        return parse_steering(extra_args, self.names)
+
+    def fingerprint(self) -> str:
+        """Identity of everything the patched graph depends on (order, names, content)."""
+        h = hashlib.sha256(b"adaras-steering/1")
+        for m in self.maps:
+            h.update(f"|{m.name}:{self._fingerprints[m.name]}".encode())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "MapRegistry":
+        """Parse ``name=path,path2`` and load each map (errors name the entry)."""
+        maps: list[NeuronMap] = []
+        for entry in (e.strip() for e in spec.split(",")):
+            if not entry:
+                continue
+            name, sep, path = entry.partition("=")
+            if not sep:
+                name, path = "", entry
+            p = Path(path).expanduser()
+            if not p.is_file():
+                raise FileNotFoundError(
+                    f"{ENV_VAR}: neuron map file {str(p)!r} (entry {entry!r}) does not exist"
+                )
+            m = NeuronMap.load(p)
+            if name:
+                m = m.renamed(name)
+            maps.append(m)
+        return cls(maps)
+
+
+@lru_cache(maxsize=None)
+def _load(spec: str) -> MapRegistry:
+    return MapRegistry.from_spec(spec)
+
+
+def active_registry() -> MapRegistry:
+    """The maps named by the environment of this process (cached per spec)."""
+    return _load(os.environ.get(ENV_VAR, ""))
+
+
+def steering_enabled() -> bool:
+    return bool(os.environ.get(ENV_VAR, "").strip())

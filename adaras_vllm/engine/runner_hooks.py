@@ -1,0 +1,241 @@
+"""Hooks into vLLM's model runners: patch the model after it loads, fill the steering
+buffers once per step where the batch layout is final.
+
+Two runners exist in vLLM 0.32: V1 (``v1/worker/gpu_model_runner.py``, also the base of
+the CPU runner) and V2 (``v1/worker/gpu/model_runner.py``, the default on CUDA). Both are
+supported; the fill itself (``SteeringState.fill``) is shared.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .params import SteeringParamError
+from .registry import MapRegistry, active_registry
+from .model_patch import install_steering
+from .state import SteeringState
+
+logger = logging.getLogger("vllm.adaras")
+
+_ATTR = "_adaras_steering"
+
+
+class RunnerSteering:
+    """One runner's steering: the loaded maps, the static buffers, per-request params."""
+
+    def __init__(self, registry: MapRegistry, state: SteeringState, max_cached: int) -> None:
+        self.registry = registry
+        self.state = state
+        self._params: dict[str, tuple[float, int]] = {}
+        self._max_cached = max_cached
+
+    def remember(self, req_id: str, sampling_params: Any) -> tuple[float, int]:
+        """Parse a request's steering once; the front end has already validated it."""
+        extra = getattr(sampling_params, "extra_args", None) if sampling_params else None
+        try:
+            p = self.registry.parse(extra)
+            value = (p.alpha, self.registry.map_id(p.map_name))
+        except SteeringParamError as e:  # only reachable if the front end was bypassed
+            logger.warning("adaras: request %s not steered: %s", req_id, e)
+            value = (0.0, 0)
+        self._params[req_id] = value
+        return value
+
+    def forget(self, req_id: str) -> None:
+        self._params.pop(req_id, None)
+
+    def lookup(self, req_ids: Iterable[str], sampling_params_of) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+        """Per-row (alpha, map id) for the batch, parsing requests seen for the first time."""
+        rows = [
+            self._params.get(r) or self.remember(r, sampling_params_of(r)) for r in req_ids
+        ]
+        if not rows:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        alpha, map_id = zip(*rows)
+        return np.asarray(alpha, np.float32), np.asarray(map_id, np.int64)
+
+    def prune(self, live: Iterable[str]) -> None:
+        """Drop finished requests (V1 has no per-request removal hook we can rely on)."""
+        if len(self._params) > self._max_cached:
+            keep = set(live)
+            self._params = {k: v for k, v in self._params.items() if k in keep}
+
+
+def attach(runner: Any, max_tokens: int) -> RunnerSteering | None:
+    """Patch the runner's freshly loaded model. No maps configured: do nothing at all."""
+    if getattr(runner, _ATTR, None) is not None:
+        return getattr(runner, _ATTR)
+    registry = active_registry()
+    if not registry:
+        return None
+    state = SteeringState(max_tokens, runner.device)
+    tables = install_steering(
+        runner.get_model(), registry.maps, state, runner.model_config.hf_text_config
+    )
+    max_reqs = int(runner.vllm_config.scheduler_config.max_num_seqs)
+    steering = RunnerSteering(registry, state, max_cached=4 * max_reqs + 64)
+    setattr(runner, _ATTR, steering)
+    logger.info(
+        "adaras: steering %d layer(s) with map(s) %s (default %s), %d neurons in all",
+        len(tables),
+        ", ".join(registry.names),
+        registry.names[0],
+        sum(t.indices.numel() for t in tables.values()),
+    )
+    return steering
+
+
+def _clear_before(method):  # noqa: ANN001, ANN202
+    """Dummy runs call the model directly: make sure nothing is steered then."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        steering = getattr(self, _ATTR, None)
+        if steering is not None:
+            steering.state.clear()
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+# ---- V1 runner (CPU and GPU) -------------------------------------------------------
+
+
+def _v1_after_load(method):  # noqa: ANN001, ANN202
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        out = method(self, *args, **kwargs)
+        attach(self, max_tokens=int(self.max_num_tokens))
+        return out
+
+    return wrapper
+
+
+def _v1_fill_after_prepare(method):  # noqa: ANN001, ANN202
+    @functools.wraps(method)
+    def wrapper(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):  # noqa: ANN001, ANN202
+        out = method(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
+        steering = getattr(self, _ATTR, None)
+        if steering is not None:
+            batch = self.input_batch
+            n = batch.num_reqs
+            req_ids = batch.req_ids[:n]
+            alpha, map_id = steering.lookup(req_ids, lambda r: self.requests[r].sampling_params)
+            steering.state.fill(
+                alpha,
+                map_id,
+                np.asarray(num_scheduled_tokens[:n]),
+                batch.num_computed_tokens_cpu[:n],
+                batch.num_prompt_tokens[:n],
+            )
+            steering.prune(self.requests.keys())
+        return out
+
+    return wrapper
+
+
+def patch_v1_runners() -> None:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    classes: list[type] = [GPUModelRunner]
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+        classes.append(CPUModelRunner)
+    except ImportError:  # a CUDA-only build
+        pass
+    for cls in classes:
+        if "load_model" in cls.__dict__ and not getattr(cls.load_model, "_adaras", False):
+            cls.load_model = _mark(_v1_after_load(cls.load_model))
+    if not getattr(GPUModelRunner._prepare_inputs, "_adaras", False):
+        GPUModelRunner._prepare_inputs = _mark(_v1_fill_after_prepare(GPUModelRunner._prepare_inputs))
+        GPUModelRunner._dummy_run = _mark(_clear_before(GPUModelRunner._dummy_run))
+
+
+# ---- V2 runner (CUDA default) ------------------------------------------------------
+
+
+def _v2_after_load(method):  # noqa: ANN001, ANN202
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        out = method(self, *args, **kwargs)
+        max_tokens = max(
+            int(self.input_buffers.input_ids.shape[0]),
+            int(self.vllm_config.scheduler_config.max_num_batched_tokens),
+        ) if hasattr(self, "input_buffers") else int(
+            self.vllm_config.scheduler_config.max_num_batched_tokens
+        )
+        attach(self, max_tokens=max_tokens)
+        return out
+
+    return wrapper
+
+
+def _v2_remember_new(method):  # noqa: ANN001, ANN202
+    """V2 keeps no SamplingParams per request after admission: take them here."""
+
+    @functools.wraps(method)
+    def wrapper(self, scheduler_output, *args, **kwargs):  # noqa: ANN001, ANN202
+        steering = getattr(self, _ATTR, None)
+        if steering is not None:
+            for new in scheduler_output.scheduled_new_reqs:
+                steering.remember(new.req_id, new.sampling_params)
+        return method(self, scheduler_output, *args, **kwargs)
+
+    return wrapper
+
+
+def _v2_forget(method):  # noqa: ANN001, ANN202
+    @functools.wraps(method)
+    def wrapper(self, req_id, *args, **kwargs):  # noqa: ANN001, ANN202
+        steering = getattr(self, _ATTR, None)
+        if steering is not None:
+            steering.forget(req_id)
+        return method(self, req_id, *args, **kwargs)
+
+    return wrapper
+
+
+def _v2_fill_after_prepare(method):  # noqa: ANN001, ANN202
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        batch = method(self, *args, **kwargs)
+        steering = getattr(self, _ATTR, None)
+        if steering is not None:
+            n = batch.num_reqs
+            alpha, map_id = steering.lookup(batch.req_ids[:n], lambda r: None)
+            rows = batch.idx_mapping_np[:n]
+            steering.state.fill(
+                alpha,
+                map_id,
+                np.diff(batch.query_start_loc_np[: n + 1]),
+                batch.num_computed_tokens_np[:n],
+                self.req_states.prompt_len.np[rows],  # not prefill_len: it changes on preemption
+            )
+        return batch
+
+    return wrapper
+
+
+def patch_v2_runner() -> None:
+    try:
+        from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
+    except ImportError:
+        return
+    if getattr(V2Runner.prepare_inputs, "_adaras", False):
+        return
+    V2Runner.load_model = _mark(_v2_after_load(V2Runner.load_model))
+    V2Runner.add_requests = _mark(_v2_remember_new(V2Runner.add_requests))
+    V2Runner._remove_request = _mark(_v2_forget(V2Runner._remove_request))
+    V2Runner.prepare_inputs = _mark(_v2_fill_after_prepare(V2Runner.prepare_inputs))
+    V2Runner._dummy_run = _mark(_clear_before(V2Runner._dummy_run))
+
+
+def _mark(fn):  # noqa: ANN001, ANN202
+    fn._adaras = True
+    return fn

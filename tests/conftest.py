@@ -1,0 +1,129 @@
+"""Shared fixtures: tiny local models and maps, and helpers to run real vLLM engines.
+
+Engines are expensive on CPU (20-60 s to start), so each test module shares one.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO.parent / "shared" / "reference" / "adaras-paper"
+CACHE = Path(os.environ.get("ADARAS_TEST_CACHE", REPO / ".cache" / "tests"))
+ENV_VAR = "ADARAS_NEURON_MAPS"
+
+# Two maps per model: they overlap in layer 2, so one layer table merges both.
+MAP_LAYERS = {"alpha_map": ([1, 2], 11), "beta_map": ([2, 3], 22)}
+
+PROMPTS = [
+    "Question: what is 12 + 7? Thinking:",
+    "the answer is",
+    "Question: what is 45 + 38? Thinking: first add the tens then add the ones. "
+    "Question: what is 60 + 21? Thinking: we get the total because therefore wait let me "
+    "verify the result number and check it again so the answer is boxed",
+    "Question: what is 9 + 9?",
+]
+
+
+def tiny_model(arch: str) -> tuple[Path, dict[str, Path]]:
+    """A random tiny model of ``arch`` and two random maps for it (built once, cached)."""
+    from adaras_vllm.tiny_model import build_tiny_model, random_neuron_map
+
+    model_dir = build_tiny_model(CACHE / f"tiny-{arch}", arch)
+    maps = {}
+    for name, (layers, seed) in MAP_LAYERS.items():
+        path = CACHE / f"tiny-{arch}-{name}.safetensors"
+        if not path.is_file():
+            random_neuron_map(model_dir, name, layers=layers, per_layer=16, seed=seed).save(path)
+        maps[name] = path
+    return model_dir, maps
+
+
+def map_spec(maps: dict[str, Path]) -> str:
+    return ",".join(f"{name}={path}" for name, path in maps.items())
+
+
+def engine_kwargs(eager: bool, **overrides) -> dict:
+    kw = dict(
+        dtype="float32",
+        enforce_eager=eager,
+        seed=0,
+        max_model_len=1024,
+        max_num_seqs=16,
+        kv_cache_memory_bytes=256 << 20,
+    )
+    kw.update(overrides)
+    return kw
+
+
+def start_llm(model_dir: Path, maps: dict[str, Path], eager: bool, **overrides):
+    """A real offline vLLM engine with the plugin serving ``maps``."""
+    os.environ[ENV_VAR] = map_spec(maps)
+    from vllm import LLM
+
+    return LLM(str(model_dir), **engine_kwargs(eager, **overrides))
+
+
+def stop_llm(llm) -> None:  # noqa: ANN001
+    core = getattr(llm.llm_engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del llm
+    gc.collect()
+
+
+def greedy(llm, requests: list[tuple[list[int], dict]], max_tokens: int = 32, logprobs=None):  # noqa: ANN001, ANN201
+    """Run (prompt ids, extra_args) requests in one batch; returns the RequestOutputs."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids, _ in requests]
+    params = [
+        SamplingParams(
+            max_tokens=max_tokens, temperature=0.0, ignore_eos=True, logprobs=logprobs,
+            extra_args=dict(extra) if extra else None,
+        )
+        for _, extra in requests
+    ]
+    return llm.generate(prompts, params, use_tqdm=False)
+
+
+def tokens(outputs) -> list[list[int]]:  # noqa: ANN001
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def encode_prompts(model_dir: Path) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    return [tok.encode(p) for p in PROMPTS]
+
+
+def run_engine_job(job: dict, env: dict[str, str]) -> dict:
+    """Run ``tests/engine_job.py`` in a fresh process (e.g. with the plugin absent)."""
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("engine_job.py"))],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"engine job failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ADARAS_RESULT ")]
+    if not lines:
+        raise RuntimeError(f"engine job printed no result:\n{proc.stdout[-4000:]}")
+    return json.loads(lines[-1].removeprefix("ADARAS_RESULT "))
+
+
+@pytest.fixture(scope="session")
+def qwen3_tiny() -> tuple[Path, dict[str, Path]]:
+    return tiny_model("qwen3")

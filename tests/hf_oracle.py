@@ -1,0 +1,63 @@
+"""The reference: HF transformers with the paper's forward-pre-hook on ``down_proj``.
+
+The hook adds ``alpha * w`` to the last position of every forward call; under greedy
+``generate`` with a KV cache that is exactly positions ``t >= prompt_len - 1``. fp32.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from adaras_vllm.maps import NeuronMap
+
+
+@lru_cache(maxsize=4)
+def load_hf_model(model_dir: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    # Like vLLM's ignore_eos: EOS is an ordinary token that neither stops nor is masked.
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+def _steering_hook(indices: torch.Tensor, weights: torch.Tensor, alpha: float):
+    def hook(module, args):  # noqa: ANN001, ANN202
+        x = args[0].clone()
+        x[:, -1, indices] += alpha * weights
+        return (x,)
+
+    return hook
+
+
+def hf_steered_generate(
+    model_dir: str | Path,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    neuron_map: NeuronMap | None = None,
+    alpha: float = 0.0,
+) -> list[int]:
+    """Greedy new token ids of the HF model with the paper's steering hooks installed."""
+    model = load_hf_model(str(model_dir))
+    handles = []
+    if neuron_map is not None and alpha != 0.0:
+        for layer, (idx, w) in neuron_map.layers.items():
+            down = model.model.layers[layer].mlp.down_proj
+            handles.append(down.register_forward_pre_hook(_steering_hook(idx, w, alpha)))
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([prompt_ids]),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=0,
+            )
+    finally:
+        for h in handles:
+            h.remove()
+    return out[0, len(prompt_ids):].tolist()

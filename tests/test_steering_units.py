@@ -1,0 +1,247 @@
+"""The steering pieces in isolation: parameters, positions, buffers, tables, the op.
+
+Fast (no vLLM engine); the engine tests check the same rules end to end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from adaras_vllm.engine.params import SteeringParamError, parse_steering
+from adaras_vllm.engine.state import SteeringState, steered_token_alpha
+from adaras_vllm.engine.steer import build_layer_table, steer_
+from adaras_vllm.maps import NeuronMap
+
+MAPS = ["default_map", "other_map"]
+
+
+def _map(name: str, layers: dict, intermediate: int = 16) -> NeuronMap:
+    return NeuronMap.from_layers(
+        name, layers, num_hidden_layers=4, intermediate_size=intermediate, hidden_size=8
+    )
+
+
+# ---- request parameters ---------------------------------------------------------------
+
+
+def test_absent_fields_mean_unsteered_with_the_default_map():
+    p = parse_steering(None, MAPS)
+    assert (p.alpha, p.map_name, p.steered) == (0.0, "default_map", False)
+
+
+def test_alpha_and_map_are_read_from_extra_args():
+    p = parse_steering({"steer_alpha": 0.3, "steer_map": "other_map"}, MAPS)
+    assert (p.alpha, p.map_name, p.steered) == (0.3, "other_map", True)
+
+
+def test_integer_alpha_is_accepted_as_a_number():
+    assert parse_steering({"steer_alpha": -1}, MAPS).alpha == -1.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, "abc", "0.3", True, None, [1.0]])
+def test_alpha_that_is_not_a_finite_number_is_refused_naming_the_field(bad):
+    with pytest.raises(SteeringParamError, match=r"steer_alpha must be a finite number in \[-8, 8\]"):
+        parse_steering({"steer_alpha": bad}, MAPS)
+
+
+def test_alpha_beyond_the_operator_bound_is_refused(monkeypatch):
+    monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "2")
+    with pytest.raises(SteeringParamError, match=r"\[-2, 2\], got 2.5"):
+        parse_steering({"steer_alpha": 2.5}, MAPS)
+
+
+def test_unknown_map_is_refused_listing_the_loaded_maps():
+    with pytest.raises(SteeringParamError, match=r"steer_map must be one of the loaded maps "
+                                                 r"\(default_map, other_map\), got 'nope'"):
+        parse_steering({"steer_map": "nope"}, MAPS)
+
+
+def test_misspelt_steering_field_is_refused():
+    with pytest.raises(SteeringParamError, match=r"unknown steering field\(s\) 'steer_alpah'"):
+        parse_steering({"steer_alpah": 0.3}, MAPS)
+
+
+def test_mode_off_disables_steering_whatever_alpha_says():
+    assert not parse_steering({"steer_alpha": 0.3, "steer_mode": "off"}, MAPS).steered
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(SteeringParamError, match="steer_mode must be one of always, off"):
+        parse_steering({"steer_mode": "sometimes"}, MAPS)
+
+
+def test_negative_zero_alpha_is_unsteered():
+    assert not parse_steering({"steer_alpha": -0.0}, MAPS).steered
+
+
+# ---- steered positions ---------------------------------------------------------------
+
+
+def test_prefill_steers_only_the_last_prompt_token():
+    a = steered_token_alpha(np.array([0.5]), np.array([4]), np.array([0]), np.array([4]))
+    assert a.tolist() == [0.0, 0.0, 0.0, 0.5]
+
+
+def test_decode_tokens_are_always_steered():
+    a = steered_token_alpha(np.array([0.5]), np.array([1]), np.array([9]), np.array([4]))
+    assert a.tolist() == [0.5]
+
+
+def test_chunked_prefill_steers_position_prompt_len_minus_one_in_whichever_chunk_holds_it():
+    # prompt of 10 tokens prefilled in chunks of 4, 4, 2: only the last chunk's last token.
+    chunks = [(0, 4), (4, 4), (8, 2)]
+    got = [
+        steered_token_alpha(np.array([1.0]), np.array([n]), np.array([done]), np.array([10]))
+        for done, n in chunks
+    ]
+    assert np.concatenate(got).tolist() == [0.0] * 9 + [1.0]
+
+
+def test_recompute_after_preemption_steers_generated_positions_again():
+    # prompt 3, 4 tokens generated, all 7 recomputed from scratch: positions 2..6 steered.
+    a = steered_token_alpha(np.array([2.0]), np.array([7]), np.array([0]), np.array([3]))
+    assert a.tolist() == [0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+
+
+def test_mixed_batch_rows_get_their_own_alpha_and_positions():
+    a = steered_token_alpha(
+        req_alpha=np.array([1.0, 0.0, -2.0]),
+        num_scheduled=np.array([3, 1, 2]),
+        num_computed=np.array([0, 5, 4]),
+        prompt_len=np.array([3, 2, 6]),
+    )
+    assert a.tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, -2.0]
+
+
+# ---- static buffers --------------------------------------------------------------------
+
+
+def test_fill_lays_out_alpha_and_map_id_per_token():
+    s = SteeringState(16, "cpu")
+    s.fill(np.array([0.5, 2.0]), np.array([1, 0]), np.array([2, 1]), np.array([0, 7]),
+           np.array([2, 3]))
+    assert s.alpha[:3].tolist() == [0.0, 0.5, 2.0]
+    assert s.map_id[:3].tolist() == [1, 1, 0]
+
+
+def test_a_shorter_step_zeroes_what_the_longer_step_left_behind():
+    s = SteeringState(16, "cpu")
+    s.fill(np.array([1.0]), np.array([1]), np.array([6]), np.array([10]), np.array([2]))
+    s.fill(np.array([1.0]), np.array([1]), np.array([2]), np.array([16]), np.array([2]))
+    assert s.alpha[2:].abs().sum().item() == 0.0
+    assert s.map_id[2:].abs().sum().item() == 0
+
+
+def test_an_unsteered_step_clears_the_buffers():
+    s = SteeringState(16, "cpu")
+    s.fill(np.array([1.0]), np.array([1]), np.array([5]), np.array([10]), np.array([2]))
+    s.fill(np.array([0.0]), np.array([1]), np.array([5]), np.array([10]), np.array([2]))
+    assert s.alpha.abs().sum().item() == 0.0 and s.map_id.abs().sum().item() == 0
+
+
+def test_buffers_are_never_rebound_so_a_compiled_graph_keeps_reading_them():
+    s = SteeringState(8, "cpu")
+    ptr = (s.alpha.data_ptr(), s.map_id.data_ptr())
+    s.fill(np.array([1.0]), np.array([1]), np.array([3]), np.array([0]), np.array([1]))
+    s.clear()
+    assert (s.alpha.data_ptr(), s.map_id.data_ptr()) == ptr
+
+
+def test_a_step_larger_than_the_buffers_is_refused():
+    s = SteeringState(4, "cpu")
+    with pytest.raises(RuntimeError, match="5 tokens but the steering buffers hold 4"):
+        s.fill(np.array([1.0]), np.array([0]), np.array([5]), np.array([0]), np.array([1]))
+
+
+# ---- layer tables and tensor-parallel shards -------------------------------------------
+
+
+def test_maps_sharing_a_layer_merge_into_one_table_over_the_union_of_neurons():
+    a = _map("a", {1: ([2, 5], [1.0, 2.0])})
+    b = _map("b", {1: ([5, 9], [3.0, 4.0]), 2: ([0], [1.0])})
+    t = build_layer_table([a, b], 1, 0, 16)
+    assert t.indices.tolist() == [2, 5, 9]
+    assert t.table.tolist() == [[1.0, 2.0, 0.0], [0.0, 3.0, 4.0]]
+
+
+def test_a_layer_no_map_steers_has_no_table():
+    a = _map("a", {1: ([2], [1.0])})
+    assert build_layer_table([a], 3, 0, 16) is None
+
+
+def test_tensor_parallel_ranks_take_only_their_shard_reindexed_locally():
+    a = _map("a", {0: ([1, 7, 8, 15], [1.0, 2.0, 3.0, 4.0])})
+    rank0 = build_layer_table([a], 0, 0, 8)
+    rank1 = build_layer_table([a], 0, 8, 8)
+    assert (rank0.indices.tolist(), rank0.table.tolist()) == ([1, 7], [[1.0, 2.0]])
+    assert (rank1.indices.tolist(), rank1.table.tolist()) == ([0, 7], [[3.0, 4.0]])
+
+
+def test_sharded_steering_equals_unsharded_steering():
+    torch.manual_seed(0)
+    a = _map("a", {0: ([0, 3, 4, 9, 12, 15], [1.0, -2.0, 0.5, 3.0, -1.0, 2.5])})
+    x = torch.randn(5, 16)
+    alpha = torch.tensor([0.0, 1.0, -0.5, 2.0, 1.0, 0.0, 0.0])
+    map_id = torch.zeros(7, dtype=torch.int64)
+    full = build_layer_table([a], 0, 0, 16)
+    want = steer_(x.clone(), alpha, map_id, full.indices, full.table)
+    parts = []
+    for rank in range(4):
+        t = build_layer_table([a], 0, rank * 4, 4)
+        shard = x[:, rank * 4:(rank + 1) * 4].clone()
+        if t is not None:
+            steer_(shard, alpha, map_id, t.indices, t.table)
+        parts.append(shard)
+    assert torch.equal(torch.cat(parts, dim=1), want)
+
+
+# ---- the op ----------------------------------------------------------------------------
+
+
+def test_steer_adds_alpha_times_the_tokens_map_weights():
+    a = _map("a", {0: ([1, 3], [2.0, -1.0])})
+    b = _map("b", {0: ([3], [10.0])})
+    t = build_layer_table([a, b], 0, 0, 16)
+    x = torch.zeros(3, 16)
+    alpha = torch.tensor([0.0, 0.5, 2.0, 9.0])  # longer than x: only the first 3 count
+    map_id = torch.tensor([0, 0, 1, 1])
+    steer_(x, alpha, map_id, t.indices, t.table)
+    expect = torch.zeros(3, 16)
+    expect[1, 1], expect[1, 3] = 1.0, -0.5
+    expect[2, 3] = 20.0
+    assert torch.equal(x, expect)
+
+
+def test_alpha_zero_leaves_activations_bit_identical():
+    a = _map("a", {0: ([1, 3], [2.0, -1.0])})
+    t = build_layer_table([a], 0, 0, 16)
+    x = torch.randn(4, 16)
+    y = steer_(x.clone(), torch.zeros(8), torch.zeros(8, dtype=torch.int64), t.indices, t.table)
+    assert torch.equal(y, x)
+
+
+def test_steer_works_in_half_precision_activations():
+    a = _map("a", {0: ([1], [2.0])})
+    t = build_layer_table([a], 0, 0, 16)
+    x = torch.zeros(2, 16, dtype=torch.bfloat16)
+    steer_(x, torch.tensor([1.0, 1.0]), torch.zeros(2, dtype=torch.int64), t.indices, t.table)
+    assert x[:, 1].tolist() == [2.0, 2.0]
+
+
+def test_compiled_op_reads_alpha_by_reference_not_as_a_constant():
+    a = _map("a", {0: ([1], [1.0])})
+    t = build_layer_table([a], 0, 0, 16)
+    alpha = torch.zeros(4)
+    map_id = torch.zeros(4, dtype=torch.int64)
+
+    @torch.compile(fullgraph=True, dynamic=True)
+    def f(x):
+        return steer_(x.clone(), alpha, map_id, t.indices, t.table)
+
+    assert f(torch.zeros(2, 16))[:, 1].tolist() == [0.0, 0.0]
+    alpha.copy_(torch.tensor([1.0, 3.0, 0.0, 0.0]))
+    assert f(torch.zeros(2, 16))[:, 1].tolist() == [1.0, 3.0]
