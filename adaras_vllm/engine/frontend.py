@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import functools
 
+from vllm.exceptions import VLLMValidationError
+
+from .params import SteeringParamError
 from .registry import active_registry
+
+
+class InvalidSteeringRequest(VLLMValidationError, SteeringParamError):
+    """vLLM's client-error type (so the request fails alone, as a 400) that is also a
+    ``ValueError`` like every other steering parameter error."""
+
+    def __init__(self, error: SteeringParamError) -> None:
+        VLLMValidationError.__init__(self, str(error), parameter=error.field, value=error.value)
+        self.field = error.field
 
 
 def patch_input_validation() -> None:
@@ -36,7 +48,10 @@ def patch_input_validation() -> None:
         result = original(self, params, *args, **kwargs)
         registry = active_registry()
         if registry and isinstance(params, SamplingParams):
-            registry.parse(params.extra_args)
+            try:
+                registry.parse(params.extra_args)
+            except SteeringParamError as e:
+                raise InvalidSteeringRequest(e) from None
         return result
 
     _validate_params._adaras = True

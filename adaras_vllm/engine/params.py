@@ -26,6 +26,11 @@ DEFAULT_MAX_STEER_ALPHA = 8.0
 class SteeringParamError(ValueError):
     """A request's steering parameters are invalid; the message names the field."""
 
+    def __init__(self, message: str, *, field: str | None = None, value: Any = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
 
 @dataclass(frozen=True)
 class SteeringParams:
@@ -73,7 +78,8 @@ def parse_steering(
     if unknown:
         raise SteeringParamError(
             f"unknown steering field(s) {', '.join(map(repr, unknown))}; "
-            f"known fields are {', '.join(KNOWN_KEYS)}"
+            f"known fields are {', '.join(KNOWN_KEYS)}",
+            field=unknown[0],
         )
     bound = max_steer_alpha() if max_alpha is None else max_alpha
 
@@ -81,24 +87,34 @@ def parse_steering(
     if isinstance(alpha_raw, bool) or not isinstance(alpha_raw, (int, float)):
         raise SteeringParamError(
             f"{STEER_ALPHA} must be a finite number in [-{bound:g}, {bound:g}], "
-            f"got {alpha_raw!r} ({type(alpha_raw).__name__})"
+            f"got {alpha_raw!r} ({type(alpha_raw).__name__})",
+            field=STEER_ALPHA,
+            value=alpha_raw,
         )
     alpha = float(alpha_raw)
     if not math.isfinite(alpha) or abs(alpha) > bound:
         raise SteeringParamError(
-            f"{STEER_ALPHA} must be a finite number in [-{bound:g}, {bound:g}], got {alpha_raw!r}"
+            f"{STEER_ALPHA} must be a finite number in [-{bound:g}, {bound:g}], got {alpha_raw!r}",
+            field=STEER_ALPHA,
+            value=alpha_raw,
         )
 
     map_name = args.get(STEER_MAP, map_names[0])
     if not isinstance(map_name, str) or map_name not in map_names:
         raise SteeringParamError(
             f"{STEER_MAP} must be one of the loaded maps ({', '.join(map_names)}), "
-            f"got {map_name!r}"
+            f"got {map_name!r}",
+            field=STEER_MAP,
+            value=map_name,
         )
 
     mode = args.get(STEER_MODE, "always")
     if mode not in MODES:
-        raise SteeringParamError(f"{STEER_MODE} must be one of {', '.join(MODES)}, got {mode!r}")
+        raise SteeringParamError(
+            f"{STEER_MODE} must be one of {', '.join(MODES)}, got {mode!r}",
+            field=STEER_MODE,
+            value=mode,
+        )
     if mode == "off":
         alpha = 0.0
     return SteeringParams(alpha=alpha + 0.0, map_name=map_name)  # + 0.0 folds -0.0 into 0.0
