@@ -23,6 +23,13 @@ from adaras_vllm.maps.neuron_map import REQUIRED_METADATA
 _SHAPE_FLAGS = ("model_type", "num_hidden_layers", "intermediate_size", "hidden_size")
 
 
+def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
+    """`adaras demo`: its module imports vLLM only when it runs."""
+    from adaras_vllm.demo import add_demo_commands as add
+
+    add(subparsers)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (argparse usage errors exit with 2)."""
     args = build_parser().parse_args(argv)
@@ -40,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_maps_commands(subparsers)
-    # Further top-level command groups (e.g. `adaras demo`) register here.
+    add_demo_commands(subparsers)
     return parser
 
 

@@ -17,34 +17,36 @@ pytestmark = [
 ]
 
 
-def _tables():
+def _table():
     a = NeuronMap.from_layers("a", {0: ([1, 7, 30], [1.0, -2.0, 0.5])}, num_hidden_layers=1,
                               intermediate_size=64, hidden_size=8)
     b = NeuronMap.from_layers("b", {0: ([7, 40], [3.0, 4.0])}, num_hidden_layers=1,
                               intermediate_size=64, hidden_size=8)
-    t = build_layer_table([a, b], 0, 0, 64)
-    return t.indices.cuda(), t.table.cuda()
+    return build_layer_table([a, b], 0, 0, 64)
 
 
-def _reference(x, alpha, map_id, indices, table):
+def _reference(x, state, layer_table):
+    """Plain per-token loop: x[t, idx] += alpha[t] * w[map[t]], in x's dtype."""
     y = x.clone()
+    table, idx = layer_table.table.cuda(), layer_table.indices.cuda()
     for t in range(x.shape[0]):
-        y[t, indices] += (alpha[t] * table[map_id[t]]).to(y.dtype)
+        y[t, idx] += (state.alpha[t] * table[state.map_id[t]]).to(y.dtype)
     return y
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_captured_steer_op_replays_with_changed_alpha_and_map(dtype):
-    indices, table = _tables()
-    state = SteeringState(32, "cuda")
-    buffers = (state.alpha.data_ptr(), state.map_id.data_ptr())
+    lt = _table()
+    indices = lt.indices.cuda()
+    state = SteeringState(32, "cuda", lt.table, dtype)
+    buffers = (state.alpha.data_ptr(), state.map_id.data_ptr(), state.delta.data_ptr())
     x_static = torch.zeros(8, 64, device="cuda", dtype=dtype)
     out = torch.empty_like(x_static)
     weight = torch.randn(64, 16, device="cuda", dtype=dtype)
 
     def step():
         out.copy_(x_static)
-        steer_(out, state.alpha, state.map_id, indices, table)
+        steer_(out, state.delta, indices)
         return out @ weight
 
     s = torch.cuda.Stream()
@@ -65,19 +67,20 @@ def test_captured_steer_op_replays_with_changed_alpha_and_map(dtype):
                    np.array([2, 1, 4]))
         graph.replay()
         torch.cuda.synchronize()
-        want = _reference(x_static, state.alpha, state.map_id, indices, table) @ weight
+        want = _reference(x_static, state, lt) @ weight
         torch.testing.assert_close(y_static, want, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5,
                                    atol=1e-2 if dtype == torch.bfloat16 else 1e-5)
-    assert (state.alpha.data_ptr(), state.map_id.data_ptr()) == buffers
+    assert (state.alpha.data_ptr(), state.map_id.data_ptr(), state.delta.data_ptr()) == buffers
 
 
 def test_torch_compiled_steer_op_captures_under_cuda_graphs():
-    indices, table = _tables()
-    state = SteeringState(32, "cuda")
+    lt = _table()
+    indices = lt.indices.cuda()
+    state = SteeringState(32, "cuda", lt.table)
 
     @torch.compile(mode="reduce-overhead", fullgraph=True)
     def f(x):
-        return steer_(x.clone(), state.alpha, state.map_id, indices, table)
+        return steer_(x.clone(), state.delta, indices)
 
     x = torch.randn(8, 64, device="cuda")
     for req_alpha in ([0.3, 0.0, 4.0], [-1.0, 2.0, 0.0], [0.0, 0.0, 0.0]):
@@ -85,4 +88,4 @@ def test_torch_compiled_steer_op_captures_under_cuda_graphs():
                    np.array([0, 5, 9]), np.array([2, 1, 4]))
         got = f(x).clone()
         torch.cuda.synchronize()
-        torch.testing.assert_close(got, _reference(x, state.alpha, state.map_id, indices, table))
+        torch.testing.assert_close(got, _reference(x, state, lt))

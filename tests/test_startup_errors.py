@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from adaras_vllm.engine.model_patch import install_steering
-from adaras_vllm.engine.state import SteeringState
 from adaras_vllm.maps import MapMismatchError, NeuronMap
 from conftest import ENV_VAR, map_spec, tiny_model
 
@@ -28,7 +27,7 @@ def _map_for(cfg, layers, **over) -> NeuronMap:
 
 def test_every_mapped_down_proj_is_patched_and_others_are_not():
     model, cfg = _hf("qwen3")
-    install_steering(model, [_map_for(cfg, [1, 3])], SteeringState(8, "cpu"), cfg)
+    install_steering(model, [_map_for(cfg, [1, 3])], cfg, max_tokens=8, dtype=torch.float32)
     patched = [i for i, layer in enumerate(model.model.layers)
                if type(layer.mlp.down_proj).__name__.startswith("Steered")]
     assert patched == [1, 3]
@@ -37,10 +36,9 @@ def test_every_mapped_down_proj_is_patched_and_others_are_not():
 def test_installing_twice_patches_once():
     model, cfg = _hf("llama")
     m = _map_for(cfg, [2])
-    state = SteeringState(8, "cpu")
-    install_steering(model, [m], state, cfg)
+    install_steering(model, [m], cfg, max_tokens=8, dtype=torch.float32)
     cls = type(model.model.layers[2].mlp.down_proj)
-    install_steering(model, [m], state, cfg)
+    install_steering(model, [m], cfg, max_tokens=8, dtype=torch.float32)
     assert type(model.model.layers[2].mlp.down_proj) is cls
 
 
@@ -48,14 +46,14 @@ def test_a_map_for_another_shape_is_refused():
     model, cfg = _hf("qwen3")
     m = _map_for(cfg, [1], intermediate_size=cfg.intermediate_size * 2)
     with pytest.raises(MapMismatchError, match="intermediate_size"):
-        install_steering(model, [m], SteeringState(8, "cpu"), cfg)
+        install_steering(model, [m], cfg, max_tokens=8, dtype=torch.float32)
 
 
 def test_a_map_naming_a_layer_the_model_lacks_is_refused():
     model, cfg = _hf("qwen3")
     del model.model.layers[3]  # e.g. a pipeline stage or a pruned model
     with pytest.raises(MapMismatchError, match=r"steer layer 3, but the model has no layers.3.mlp.down_proj"):
-        install_steering(model, [_map_for(cfg, [3])], SteeringState(8, "cpu"), cfg)
+        install_steering(model, [_map_for(cfg, [3])], cfg, max_tokens=8, dtype=torch.float32)
 
 
 def test_mixture_of_experts_models_are_refused():
@@ -67,7 +65,7 @@ def test_mixture_of_experts_models_are_refused():
                                vocab_size=64)
     m = _map_for(cfg, [0])
     with pytest.raises(MapMismatchError, match="(?i)mixture-of-experts|MoE"):
-        install_steering(torch.nn.Module(), [m], SteeringState(8, "cpu"), cfg)
+        install_steering(torch.nn.Module(), [m], cfg, max_tokens=8, dtype=torch.float32)
 
 
 @pytest.mark.engine

@@ -13,7 +13,7 @@ import torch
 
 from adaras_vllm.engine.params import SteeringParamError, parse_steering
 from adaras_vllm.engine.state import SteeringState, steered_token_alpha
-from adaras_vllm.engine.steer import build_layer_table, steer_
+from adaras_vllm.engine.steer import SteeringTables, build_layer_table, steer_
 from adaras_vllm.maps import NeuronMap
 
 MAPS = ["default_map", "other_map"]
@@ -23,6 +23,22 @@ def _map(name: str, layers: dict, intermediate: int = 16) -> NeuronMap:
     return NeuronMap.from_layers(
         name, layers, num_hidden_layers=4, intermediate_size=intermediate, hidden_size=8
     )
+
+
+def _state(max_tokens: int = 16, width: int = 1) -> SteeringState:
+    return SteeringState(max_tokens, "cpu", torch.ones(2, width))
+
+
+def _steer_layer(maps, layer, x, req_alpha, req_map, num_scheduled, num_computed, prompt_len,
+                 shard=(0, 16)):
+    """Steer ``x`` as one layer of an engine would: fill the buffers, then the op."""
+    t = build_layer_table(maps, layer, *shard)
+    if t is None:
+        return x
+    state = SteeringState(32, "cpu", t.table, x.dtype)
+    state.fill(np.array(req_alpha, np.float32), np.array(req_map), np.array(num_scheduled),
+               np.array(num_computed), np.array(prompt_len))
+    return steer_(x, state.delta, t.indices)
 
 
 # ---- request parameters ---------------------------------------------------------------
@@ -121,7 +137,7 @@ def test_mixed_batch_rows_get_their_own_alpha_and_positions():
 
 
 def test_fill_lays_out_alpha_and_map_id_per_token():
-    s = SteeringState(16, "cpu")
+    s = _state(16)
     s.fill(np.array([0.5, 2.0]), np.array([1, 0]), np.array([2, 1]), np.array([0, 7]),
            np.array([2, 3]))
     assert s.alpha[:3].tolist() == [0.0, 0.5, 2.0]
@@ -129,7 +145,7 @@ def test_fill_lays_out_alpha_and_map_id_per_token():
 
 
 def test_a_shorter_step_zeroes_what_the_longer_step_left_behind():
-    s = SteeringState(16, "cpu")
+    s = _state(16)
     s.fill(np.array([1.0]), np.array([1]), np.array([6]), np.array([10]), np.array([2]))
     s.fill(np.array([1.0]), np.array([1]), np.array([2]), np.array([16]), np.array([2]))
     assert s.alpha[2:].abs().sum().item() == 0.0
@@ -137,14 +153,14 @@ def test_a_shorter_step_zeroes_what_the_longer_step_left_behind():
 
 
 def test_an_unsteered_step_clears_the_buffers():
-    s = SteeringState(16, "cpu")
+    s = _state(16)
     s.fill(np.array([1.0]), np.array([1]), np.array([5]), np.array([10]), np.array([2]))
     s.fill(np.array([0.0]), np.array([1]), np.array([5]), np.array([10]), np.array([2]))
     assert s.alpha.abs().sum().item() == 0.0 and s.map_id.abs().sum().item() == 0
 
 
 def test_buffers_are_never_rebound_so_a_compiled_graph_keeps_reading_them():
-    s = SteeringState(8, "cpu")
+    s = _state(8)
     ptr = (s.alpha.data_ptr(), s.map_id.data_ptr())
     s.fill(np.array([1.0]), np.array([1]), np.array([3]), np.array([0]), np.array([1]))
     s.clear()
@@ -152,7 +168,7 @@ def test_buffers_are_never_rebound_so_a_compiled_graph_keeps_reading_them():
 
 
 def test_a_step_larger_than_the_buffers_is_refused():
-    s = SteeringState(4, "cpu")
+    s = _state(4)
     with pytest.raises(RuntimeError, match="5 tokens but the steering buffers hold 4"):
         s.fill(np.array([1.0]), np.array([0]), np.array([5]), np.array([0]), np.array([1]))
 
@@ -185,18 +201,22 @@ def test_sharded_steering_equals_unsharded_steering():
     torch.manual_seed(0)
     a = _map("a", {0: ([0, 3, 4, 9, 12, 15], [1.0, -2.0, 0.5, 3.0, -1.0, 2.5])})
     x = torch.randn(5, 16)
-    alpha = torch.tensor([0.0, 1.0, -0.5, 2.0, 1.0, 0.0, 0.0])
-    map_id = torch.zeros(7, dtype=torch.int64)
-    full = build_layer_table([a], 0, 0, 16)
-    want = steer_(x.clone(), alpha, map_id, full.indices, full.table)
-    parts = []
-    for rank in range(4):
-        t = build_layer_table([a], 0, rank * 4, 4)
-        shard = x[:, rank * 4:(rank + 1) * 4].clone()
-        if t is not None:
-            steer_(shard, alpha, map_id, t.indices, t.table)
-        parts.append(shard)
+    batch = dict(req_alpha=[1.0, -0.5], req_map=[0, 0], num_scheduled=[3, 2],
+                 num_computed=[0, 4], prompt_len=[2, 3])
+    want = _steer_layer([a], 0, x.clone(), **batch)
+    parts = [
+        _steer_layer([a], 0, x[:, r * 4:(r + 1) * 4].clone(), **batch, shard=(r * 4, 4))
+        for r in range(4)
+    ]
     assert torch.equal(torch.cat(parts, dim=1), want)
+
+
+def test_layer_tables_lie_side_by_side_in_one_table():
+    a = _map("a", {0: ([1, 3], [1.0, 2.0]), 2: ([5], [3.0])})
+    layers = {l: build_layer_table([a], l, 0, 16) for l in (0, 2)}
+    t = SteeringTables.concat(layers, 1)
+    assert t.columns == {0: (0, 2), 2: (2, 3)}
+    assert t.table.tolist() == [[1.0, 2.0, 3.0]]
 
 
 # ---- the op ----------------------------------------------------------------------------
@@ -205,43 +225,49 @@ def test_sharded_steering_equals_unsharded_steering():
 def test_steer_adds_alpha_times_the_tokens_map_weights():
     a = _map("a", {0: ([1, 3], [2.0, -1.0])})
     b = _map("b", {0: ([3], [10.0])})
-    t = build_layer_table([a, b], 0, 0, 16)
     x = torch.zeros(3, 16)
-    alpha = torch.tensor([0.0, 0.5, 2.0, 9.0])  # longer than x: only the first 3 count
-    map_id = torch.tensor([0, 0, 1, 1])
-    steer_(x, alpha, map_id, t.indices, t.table)
+    # three decode tokens: alpha 0.5 with map a, alpha 2 with map b, alpha 0
+    _steer_layer([a, b], 0, x, [0.5, 2.0, 0.0], [0, 1, 0], [1, 1, 1], [5, 5, 5], [2, 2, 2])
     expect = torch.zeros(3, 16)
-    expect[1, 1], expect[1, 3] = 1.0, -0.5
-    expect[2, 3] = 20.0
+    expect[0, 1], expect[0, 3] = 1.0, -0.5
+    expect[1, 3] = 20.0
     assert torch.equal(x, expect)
 
 
 def test_alpha_zero_leaves_activations_bit_identical():
     a = _map("a", {0: ([1, 3], [2.0, -1.0])})
-    t = build_layer_table([a], 0, 0, 16)
     x = torch.randn(4, 16)
-    y = steer_(x.clone(), torch.zeros(8), torch.zeros(8, dtype=torch.int64), t.indices, t.table)
+    y = _steer_layer([a], 0, x.clone(), [0.0], [0], [4], [0], [1])
     assert torch.equal(y, x)
+
+
+def test_rows_past_the_current_tokens_stay_zero_for_padding():
+    a = _map("a", {0: ([1], [1.0])})
+    t = build_layer_table([a], 0, 0, 16)
+    s = SteeringState(8, "cpu", t.table)
+    s.fill(np.array([1.0]), np.array([0]), np.array([6]), np.array([10]), np.array([2]))
+    s.fill(np.array([1.0]), np.array([0]), np.array([2]), np.array([16]), np.array([2]))
+    assert s.delta[:2, 0].tolist() == [1.0, 1.0]
+    assert s.delta[2:].abs().sum().item() == 0.0
 
 
 def test_steer_works_in_half_precision_activations():
     a = _map("a", {0: ([1], [2.0])})
-    t = build_layer_table([a], 0, 0, 16)
     x = torch.zeros(2, 16, dtype=torch.bfloat16)
-    steer_(x, torch.tensor([1.0, 1.0]), torch.zeros(2, dtype=torch.int64), t.indices, t.table)
+    _steer_layer([a], 0, x, [1.0], [0], [2], [3], [1])
     assert x[:, 1].tolist() == [2.0, 2.0]
 
 
-def test_compiled_op_reads_alpha_by_reference_not_as_a_constant():
+def test_compiled_op_reads_the_buffers_by_reference_not_as_constants():
     a = _map("a", {0: ([1], [1.0])})
     t = build_layer_table([a], 0, 0, 16)
-    alpha = torch.zeros(4)
-    map_id = torch.zeros(4, dtype=torch.int64)
+    state = SteeringState(4, "cpu", t.table)
 
     @torch.compile(fullgraph=True, dynamic=True)
     def f(x):
-        return steer_(x.clone(), alpha, map_id, t.indices, t.table)
+        return steer_(x.clone(), state.delta, t.indices)
 
     assert f(torch.zeros(2, 16))[:, 1].tolist() == [0.0, 0.0]
-    alpha.copy_(torch.tensor([1.0, 3.0, 0.0, 0.0]))
+    state.fill(np.array([1.0, 3.0]), np.array([0, 0]), np.array([1, 1]), np.array([4, 4]),
+               np.array([2, 2]))
     assert f(torch.zeros(2, 16))[:, 1].tolist() == [1.0, 3.0]

@@ -3,7 +3,7 @@
 from .params import SteeringParamError, SteeringParams, parse_steering
 from .registry import ENV_VAR, MapRegistry, active_registry
 from .state import SteeringState, steered_token_alpha
-from .steer import LayerTable, build_layer_table, steer_
+from .steer import LayerTable, SteeringTables, build_layer_table, steer_
 
 __all__ = [
     "ENV_VAR",
@@ -12,6 +12,7 @@ __all__ = [
     "SteeringParamError",
     "SteeringParams",
     "SteeringState",
+    "SteeringTables",
     "active_registry",
     "build_layer_table",
     "parse_steering",

@@ -11,7 +11,7 @@ from torch import nn
 from adaras_vllm.maps import MapMismatchError, NeuronMap
 
 from .state import SteeringState
-from .steer import LayerTable, build_layer_table, steer_
+from .steer import LayerTable, SteeringTables, build_layer_table, steer_
 
 _DOWN_PROJ = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.down_proj$")
 _MLP = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp$")
@@ -20,17 +20,18 @@ _MLP = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp$")
 class SteeredDownProj:
     """Mixin placed in front of a ``down_proj`` class: steer its input, then project.
 
-    The buffers are plain tensor attributes of the module, so torch.compile turns them
-    into graph inputs read by reference at every call (never constants baked in).
+    ``adaras_delta`` is the shared static delta buffer, a plain tensor attribute, so
+    torch.compile turns it into a graph input read by reference at every call (never a
+    constant baked in). The column range is fixed for the engine's life.
     """
 
-    adaras_alpha: torch.Tensor
-    adaras_map_id: torch.Tensor
+    adaras_delta: torch.Tensor
     adaras_indices: torch.Tensor
-    adaras_table: torch.Tensor
+    adaras_columns: tuple[int, int]
 
     def forward(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
-        steer_(x, self.adaras_alpha, self.adaras_map_id, self.adaras_indices, self.adaras_table)
+        start, stop = self.adaras_columns
+        steer_(x, self.adaras_delta[:, start:stop], self.adaras_indices)
         return super().forward(x, *args, **kwargs)  # type: ignore[misc]
 
 
@@ -69,10 +70,12 @@ def find_mlps(model: nn.Module) -> tuple[dict[int, nn.Module], dict[int, nn.Modu
 def install_steering(
     model: nn.Module,
     maps: Sequence[NeuronMap],
-    state: SteeringState,
-    model_config,  # noqa: ANN001 - a transformers PretrainedConfig (hf_config)
-) -> dict[int, LayerTable]:
-    """Validate the maps against the model and patch each mapped layer. Idempotent.
+    model_config,  # noqa: ANN001 - a transformers PretrainedConfig (hf_text_config)
+    *,
+    max_tokens: int,
+    dtype: torch.dtype,
+) -> SteeringState:
+    """Validate the maps against the model, patch each mapped layer, return the buffers.
 
     Raises ``MapMismatchError`` at start-up for a map that does not fit the model, a
     mapped layer that has no ``mlp.down_proj`` here, or an MoE MLP.
@@ -80,9 +83,8 @@ def install_steering(
     for m in maps:
         m.validate(model_config)
     mlps, downs = find_mlps(model)
-    wanted = sorted({layer for m in maps for layer in m.layers})
-    tables: dict[int, LayerTable] = {}
-    for layer in wanted:
+    layer_tables: dict[int, LayerTable] = {}
+    for layer in sorted({layer for m in maps for layer in m.layers}):
         down = downs.get(layer)
         if down is None:
             mlp = mlps.get(layer)
@@ -99,16 +101,20 @@ def install_steering(
             )
         start, size = _shard_of(down, int(model_config.intermediate_size))
         table = build_layer_table(maps, layer, start, size)
-        if table is None:
-            continue
-        device = _device_of(down)
-        down.adaras_alpha = state.alpha
-        down.adaras_map_id = state.map_id
-        down.adaras_indices = table.indices.to(device)
-        down.adaras_table = table.table.to(device)
+        if table is not None:
+            layer_tables[layer] = table
+
+    tables = SteeringTables.concat(layer_tables, len(maps))
+    device = _device_of(downs[min(downs)]) if downs else torch.device("cpu")
+    state = SteeringState(max_tokens, device, tables.table, dtype)
+    for layer in layer_tables:
+        down = downs[layer]
+        down.adaras_delta = state.delta
+        down.adaras_indices = tables.indices[layer].to(device)
+        down.adaras_columns = tables.columns[layer]
         down.__class__ = _steered_class(type(down))
-        tables[layer] = table
-    return tables
+    state.steered_layers = sorted(layer_tables)
+    return state
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -73,19 +73,22 @@ def attach(runner: Any, max_tokens: int) -> RunnerSteering | None:
     registry = active_registry()
     if not registry:
         return None
-    state = SteeringState(max_tokens, runner.device)
-    tables = install_steering(
-        runner.get_model(), registry.maps, state, runner.model_config.hf_text_config
+    state = install_steering(
+        runner.get_model(),
+        registry.maps,
+        runner.model_config.hf_text_config,
+        max_tokens=max_tokens,
+        dtype=runner.model_config.dtype,
     )
     max_reqs = int(runner.vllm_config.scheduler_config.max_num_seqs)
     steering = RunnerSteering(registry, state, max_cached=4 * max_reqs + 64)
     setattr(runner, _ATTR, steering)
     logger.info(
-        "adaras: steering %d layer(s) with map(s) %s (default %s), %d neurons in all",
-        len(tables),
+        "adaras: steering layer(s) %s with map(s) %s (default %s), %d neurons on this rank",
+        state.steered_layers,
         ", ".join(registry.names),
         registry.names[0],
-        sum(t.indices.numel() for t in tables.values()),
+        state.table.shape[1],
     )
     return steering
 

@@ -1,10 +1,11 @@
 """Per-token steering inputs for one forward pass, in static buffers.
 
-The compiled graph (and any CUDA graph captured from it) reads ``alpha`` and ``map_id``
-by reference, so they are allocated once and only ever mutated in place. They are
-filled once per step, vectorised from the batch layout, before the forward runs.
-Invariant: every entry past the tokens of the current step is zero, so padded tokens
-and ``_dummy_run`` are never steered.
+The compiled graph (and any CUDA graph captured from it) reads ``delta`` by reference, so
+every buffer is allocated once and only ever mutated in place. Once per step, before the
+forward, the batch layout gives each token an alpha and a map id (vectorised, no Python
+loop over tokens), and one gather + one multiply turn them into every steered layer's
+per-token delta. Invariant: rows past the current step's tokens are zero, so padded
+tokens and ``_dummy_run`` are never steered.
 """
 
 from __future__ import annotations
@@ -38,13 +39,27 @@ def steered_token_alpha(
 
 
 class SteeringState:
-    """The static per-token buffers (``alpha``, ``map_id``) a steered model reads."""
+    """Static per-token buffers: ``alpha``, ``map_id`` and the deltas a steered model reads.
 
-    def __init__(self, max_tokens: int, device: torch.device | str) -> None:
+    ``table`` is ``[num_maps, U]`` (all steered layers' columns side by side); ``delta`` is
+    ``[max_tokens, U]`` in the activation dtype.
+    """
+
+    def __init__(
+        self,
+        max_tokens: int,
+        device: torch.device | str,
+        table: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         device = torch.device(device)
         self.max_tokens = max_tokens
+        self.table = table.to(device=device, dtype=torch.float32)
+        width = int(table.shape[1])
         self.alpha = torch.zeros(max_tokens, dtype=torch.float32, device=device)
         self.map_id = torch.zeros(max_tokens, dtype=torch.int64, device=device)
+        self.delta = torch.zeros(max_tokens, width, dtype=dtype, device=device)
+        self._gathered = torch.zeros(max_tokens, width, dtype=torch.float32, device=device)
         self._on_host = device.type == "cpu"
         if self._on_host:
             self._alpha_host, self._map_host = self.alpha, self.map_id
@@ -54,7 +69,8 @@ class SteeringState:
             self._map_host = torch.zeros(max_tokens, dtype=torch.int64, pin_memory=pin)
         self._alpha_np = self._alpha_host.numpy()
         self._map_np = self._map_host.numpy()
-        self._dirty = 0  # leading entries that may be non-zero
+        self._dirty = 0  # leading rows that may be non-zero
+        self.steered_layers: list[int] = []  # set by install_steering, for logs
 
     def fill(
         self,
@@ -64,7 +80,7 @@ class SteeringState:
         num_computed: np.ndarray,
         prompt_len: np.ndarray,
     ) -> None:
-        """Lay out one step's per-token alpha and map id (arrays are per batch row)."""
+        """Lay out one step's per-token alpha/map id and deltas (arrays are per batch row)."""
         total = int(num_scheduled.sum())
         if total > self.max_tokens:
             raise RuntimeError(
@@ -94,6 +110,9 @@ class SteeringState:
         self._dirty = 0
 
     def _publish(self, n: int) -> None:
+        """Move rows ``[0, n)`` to the device and recompute their deltas in place."""
         if not self._on_host:
             self.alpha[:n].copy_(self._alpha_host[:n], non_blocking=True)
             self.map_id[:n].copy_(self._map_host[:n], non_blocking=True)
+        torch.index_select(self.table, 0, self.map_id[:n], out=self._gathered[:n])
+        torch.mul(self._gathered[:n], self.alpha[:n, None], out=self.delta[:n])

@@ -1,8 +1,11 @@
-"""The steer op and the per-layer tables it reads.
+"""The steer op and the tables behind it.
 
-For each steered layer all loaded maps are merged into one table over the union of
-their neurons in that layer, so a batch that mixes maps and alphas still costs exactly
-one gather-multiply and one indexed add per layer.
+For each steered layer all loaded maps are merged into one table over the union of their
+neurons in that layer; the layers' tables are laid side by side in one ``[num_maps, U]``
+table. Once per step (outside the forward) the per-token deltas
+``alpha[t] * table[map_id[t]]`` are computed for every layer at once into a static buffer;
+inside the forward each steered layer then does exactly one indexed add of its columns.
+A batch mixing maps and alphas costs the same as one steered request.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ class LayerTable:
     weight map ``m`` gives that neuron (0 where map ``m`` does not steer it).
     """
 
-    indices: torch.Tensor  # int64 [U]
-    table: torch.Tensor  # float32 [num_maps, U]
+    indices: torch.Tensor  # int64 [U_l]
+    table: torch.Tensor  # float32 [num_maps, U_l]
 
 
 def build_layer_table(
@@ -50,19 +53,34 @@ def build_layer_table(
     return LayerTable(indices=union.to(torch.int64), table=table)
 
 
-def steer_(
-    x: torch.Tensor,
-    alpha: torch.Tensor,
-    map_id: torch.Tensor,
-    indices: torch.Tensor,
-    table: torch.Tensor,
-) -> torch.Tensor:
-    """In place: ``x[t, indices] += alpha[t] * table[map_id[t]]`` for every token ``t``.
+@dataclass
+class SteeringTables:
+    """All steered layers' tables side by side: layer ``l`` owns columns ``columns[l]``."""
 
-    ``alpha``/``map_id`` are the static per-token buffers (longer than ``x``; entries past
-    the current tokens are zero). Fixed shapes, no host sync, no Python loop: safe to
-    trace with torch.compile and to capture in a CUDA graph.
+    table: torch.Tensor  # float32 [num_maps, U]
+    indices: dict[int, torch.Tensor]  # layer -> int64 [U_l], shard-local neuron indices
+    columns: dict[int, tuple[int, int]]  # layer -> [start, stop) in ``table``
+
+    @classmethod
+    def concat(cls, layers: dict[int, LayerTable], num_maps: int) -> "SteeringTables":
+        columns, start = {}, 0
+        for layer, t in sorted(layers.items()):
+            columns[layer] = (start, start + t.indices.numel())
+            start += t.indices.numel()
+        parts = [layers[layer].table for layer in sorted(layers)]
+        table = torch.cat(parts, dim=1) if parts else torch.zeros(num_maps, 0)
+        return cls(table=table, indices={l: t.indices for l, t in layers.items()}, columns=columns)
+
+    @property
+    def num_neurons(self) -> int:
+        return int(self.table.shape[1])
+
+
+def steer_(x: torch.Tensor, delta: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """In place: ``x[t, indices] += delta[t]`` for every token ``t`` of ``x``.
+
+    ``delta`` is a view of the static per-token delta buffer (longer than ``x``; rows past
+    the current tokens are zero). One indexed add; no allocation, no host sync, no
+    data-dependent shape: safe to trace with torch.compile and capture in a CUDA graph.
     """
-    n = x.shape[0]
-    delta = alpha[:n, None] * table[map_id[:n]]
-    return x.index_add_(1, indices, delta.to(x.dtype))
+    return x.index_add_(1, indices, delta[: x.shape[0]])
