@@ -52,7 +52,8 @@ def run_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     llm = LLM(str(model_dir), enforce_eager=args.eager, max_model_len=1024, max_num_seqs=16,
               kv_cache_memory_bytes=256 << 20, seed=0)
-    print(f"\nengine up in {time.perf_counter() - start:.0f} s: model {model_dir}, map {map_path}\n")
+    took = time.perf_counter() - start
+    print(f"\nengine up in {took:.0f} s: model {model_dir}, map {map_path}\n")
     prompts = args.prompt or DEFAULT_PROMPTS
     requests = [(p, a) for p in prompts for a in alphas]
     outs = llm.generate(

@@ -152,10 +152,11 @@ def main() -> None:
     rows = []
     print(f"\nQwen3-0.6B shapes, dummy weights, {args.dtype}, 50-neuron map in layers 24-27, "
           f"{args.new_tokens} decode tokens, median of {args.repeats}")
-    print(f"{'batch':>5} {'off tok/s':>10} {'alpha=0':>10} {'ratio':>6} {'distinct':>10} {'ratio':>6}")
+    header = ("batch", "off tok/s", "alpha=0", "ratio", "distinct", "ratio")
+    print("{:>5} {:>10} {:>10} {:>6} {:>10} {:>6}".format(*header))
     for batch in args.batches:
-        a0 = next(r["decode_tok_s"] for r in on if r["batch"] == batch and r["mode"] == "alpha0")
-        dist = next(r["decode_tok_s"] for r in on if r["batch"] == batch and r["mode"] == "distinct")
+        by_mode = {r["mode"]: r["decode_tok_s"] for r in on if r["batch"] == batch}
+        a0, dist = by_mode["alpha0"], by_mode["distinct"]
         rows.append({"batch": batch, "off": base[batch], "alpha0": a0, "distinct": dist,
                      "alpha0_ratio": a0 / base[batch], "distinct_ratio": dist / base[batch]})
         print(f"{batch:5d} {base[batch]:10.1f} {a0:10.1f} {a0 / base[batch]:6.3f} "

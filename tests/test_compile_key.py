@@ -4,7 +4,6 @@ so a graph traced without the steer op is never loaded for a steered engine."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import ENV_VAR, map_spec
 
 pytestmark = pytest.mark.engine  # builds a real VllmConfig (imports vLLM)
@@ -21,7 +20,8 @@ def vllm_config(qwen3_tiny):
 
     os.environ[ENV_VAR] = map_spec(maps)
     register()
-    return EngineArgs(model=str(model_dir), dtype="float32", max_model_len=512).create_engine_config()
+    args = EngineArgs(model=str(model_dir), dtype="float32", max_model_len=512)
+    return args.create_engine_config()
 
 
 def _aot_key(cfg) -> list[str]:

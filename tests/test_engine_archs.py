@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from adaras_vllm.maps import NeuronMap
 from conftest import encode_prompts, greedy, start_llm, stop_llm, tiny_model, tokens
 from hf_oracle import hf_steered_generate
+
+from adaras_vllm.maps import NeuronMap
 
 pytestmark = pytest.mark.engine
 
@@ -14,7 +14,10 @@ ALPHAS = [0.0, 0.3, -1.0, 4.0]
 CASES = [("qwen2", False), ("llama", False), ("qwen2", True), ("llama", True), ("mistral", True)]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{a}-{'eager' if e else 'compiled'}" for a, e in CASES])
+IDS = [f"{arch}-{'eager' if eager else 'compiled'}" for arch, eager in CASES]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=IDS)
 def case(request):
     arch, eager = request.param
     model_dir, map_paths = tiny_model(arch)

@@ -10,10 +10,10 @@ import os
 import uuid
 
 import pytest
-
-from adaras_vllm.maps import NeuronMap
 from conftest import ENV_VAR, encode_prompts, engine_kwargs, map_spec
 from hf_oracle import hf_steered_generate
+
+from adaras_vllm.maps import NeuronMap
 
 pytestmark = pytest.mark.engine
 
@@ -57,7 +57,9 @@ def test_a_bad_request_fails_alone_while_good_requests_in_flight_finish(async_en
     bad = [(prompts[0], {"steer_alpha": float("nan")}), (prompts[1], {"steer_map": "x"})]
 
     async def scenario():
-        tasks = [asyncio.create_task(_generate(async_engine, ids, extra, 48)) for ids, extra in good]
+        tasks = [
+            asyncio.create_task(_generate(async_engine, ids, extra, 48)) for ids, extra in good
+        ]
         await asyncio.sleep(0.2)  # the good ones are running
         errors = await asyncio.gather(
             *(_generate(async_engine, ids, extra) for ids, extra in bad), return_exceptions=True

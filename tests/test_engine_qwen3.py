@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from adaras_vllm.maps import NeuronMap
 from conftest import (
     ENV_VAR,
     encode_prompts,
@@ -21,6 +19,8 @@ from conftest import (
     tokens,
 )
 from hf_oracle import hf_steered_generate
+
+from adaras_vllm.maps import NeuronMap
 
 pytestmark = pytest.mark.engine
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from adaras_vllm.maps import NeuronMap
 from conftest import encode_prompts, greedy, start_llm, stop_llm, tokens
 from hf_oracle import hf_steered_generate
+
+from adaras_vllm.maps import NeuronMap
 
 pytestmark = pytest.mark.engine
 

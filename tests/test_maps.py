@@ -55,7 +55,7 @@ def neurons_by_key(neuron_map: NeuronMap) -> dict[tuple[int, int], tuple[int, fl
 def write_csv(path: Path, rows: list[tuple[int, int, int, str]]) -> Path:
     """A paper-style CSV from (overall_neuron_index, layer, neuron, weight) rows."""
     lines = ["overall_neuron_index,layer,neuron_index_in_layer,weight,abs_weight"]
-    lines += [f"{o},{l},{n},{w},{w.lstrip('-')}" for o, l, n, w in rows]
+    lines += [f"{o},{layer},{n},{w},{w.lstrip('-')}" for o, layer, n, w in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ENV_VAR, map_spec, tiny_model
 
 from adaras_vllm.engine.model_patch import install_steering
 from adaras_vllm.maps import MapMismatchError, NeuronMap
-from conftest import ENV_VAR, map_spec, tiny_model
 
 
 def _hf(arch: str):
@@ -22,7 +22,7 @@ def _map_for(cfg, layers, **over) -> NeuronMap:
     shape = dict(num_hidden_layers=cfg.num_hidden_layers, intermediate_size=cfg.intermediate_size,
                  hidden_size=cfg.hidden_size, model_type=cfg.model_type)
     shape.update(over)
-    return NeuronMap.from_layers("m", {l: ([0, 5], [1.0, -1.0]) for l in layers}, **shape)
+    return NeuronMap.from_layers("m", {i: ([0, 5], [1.0, -1.0]) for i in layers}, **shape)
 
 
 def test_every_mapped_down_proj_is_patched_and_others_are_not():
@@ -52,7 +52,8 @@ def test_a_map_for_another_shape_is_refused():
 def test_a_map_naming_a_layer_the_model_lacks_is_refused():
     model, cfg = _hf("qwen3")
     del model.model.layers[3]  # e.g. a pipeline stage or a pruned model
-    with pytest.raises(MapMismatchError, match=r"steer layer 3, but the model has no layers.3.mlp.down_proj"):
+    message = r"steer layer 3, but the model has no layers.3.mlp.down_proj"
+    with pytest.raises(MapMismatchError, match=message):
         install_steering(model, [_map_for(cfg, [3])], cfg, max_tokens=8, dtype=torch.float32)
 
 

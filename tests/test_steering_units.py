@@ -60,7 +60,8 @@ def test_integer_alpha_is_accepted_as_a_number():
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, "abc", "0.3", True, None, [1.0]])
 def test_alpha_that_is_not_a_finite_number_is_refused_naming_the_field(bad):
-    with pytest.raises(SteeringParamError, match=r"steer_alpha must be a finite number in \[-8, 8\]"):
+    message = r"steer_alpha must be a finite number in \[-8, 8\]"
+    with pytest.raises(SteeringParamError, match=message):
         parse_steering({"steer_alpha": bad}, MAPS)
 
 
@@ -213,7 +214,7 @@ def test_sharded_steering_equals_unsharded_steering():
 
 def test_layer_tables_lie_side_by_side_in_one_table():
     a = _map("a", {0: ([1, 3], [1.0, 2.0]), 2: ([5], [3.0])})
-    layers = {l: build_layer_table([a], l, 0, 16) for l in (0, 2)}
+    layers = {i: build_layer_table([a], i, 0, 16) for i in (0, 2)}
     t = SteeringTables.concat(layers, 1)
     assert t.columns == {0: (0, 2), 2: (2, 3)}
     assert t.table.tolist() == [[1.0, 2.0, 3.0]]

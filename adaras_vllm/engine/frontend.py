@@ -1,4 +1,4 @@
-"""Refuse bad steering parameters (and misfit maps) at admission, before a request reaches the engine.
+"""Refuse bad steering parameters (and misfit maps) before anything reaches the engine.
 
 Wrapping the input processor's own validation means the error surfaces exactly like
 vLLM's (``ValueError`` from ``LLM.generate``/``AsyncLLM.generate``, HTTP 400 from the

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from .model_patch import install_steering
 from .params import SteeringParamError
 from .registry import MapRegistry, active_registry
-from .model_patch import install_steering
 from .state import SteeringState
 
 logger = logging.getLogger("vllm.adaras")
@@ -93,6 +93,20 @@ def attach(runner: Any, max_tokens: int) -> RunnerSteering | None:
     return steering
 
 
+def _attach_after_load(method):  # noqa: ANN001, ANN202
+    """Patch the model as soon as the runner has loaded it (both runners)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        out = method(self, *args, **kwargs)
+        input_ids = getattr(getattr(self, "input_buffers", None), "input_ids", None)
+        padded = int(input_ids.shape[0]) if input_ids is not None else 0
+        attach(self, max_tokens=max(int(self.max_num_tokens), padded))
+        return out
+
+    return wrapper
+
+
 def _clear_before(method):  # noqa: ANN001, ANN202
     """Dummy runs call the model directly: make sure nothing is steered then."""
 
@@ -107,16 +121,6 @@ def _clear_before(method):  # noqa: ANN001, ANN202
 
 
 # ---- V1 runner (CPU and GPU) -------------------------------------------------------
-
-
-def _v1_after_load(method):  # noqa: ANN001, ANN202
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        out = method(self, *args, **kwargs)
-        attach(self, max_tokens=int(self.max_num_tokens))
-        return out
-
-    return wrapper
 
 
 def _v1_fill_after_prepare(method):  # noqa: ANN001, ANN202
@@ -154,29 +158,15 @@ def patch_v1_runners() -> None:
         pass
     for cls in classes:
         if "load_model" in cls.__dict__ and not getattr(cls.load_model, "_adaras", False):
-            cls.load_model = _mark(_v1_after_load(cls.load_model))
+            cls.load_model = _mark(_attach_after_load(cls.load_model))
     if not getattr(GPUModelRunner._prepare_inputs, "_adaras", False):
-        GPUModelRunner._prepare_inputs = _mark(_v1_fill_after_prepare(GPUModelRunner._prepare_inputs))
+        GPUModelRunner._prepare_inputs = _mark(
+            _v1_fill_after_prepare(GPUModelRunner._prepare_inputs)
+        )
         GPUModelRunner._dummy_run = _mark(_clear_before(GPUModelRunner._dummy_run))
 
 
 # ---- V2 runner (CUDA default) ------------------------------------------------------
-
-
-def _v2_after_load(method):  # noqa: ANN001, ANN202
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        out = method(self, *args, **kwargs)
-        max_tokens = max(
-            int(self.input_buffers.input_ids.shape[0]),
-            int(self.vllm_config.scheduler_config.max_num_batched_tokens),
-        ) if hasattr(self, "input_buffers") else int(
-            self.vllm_config.scheduler_config.max_num_batched_tokens
-        )
-        attach(self, max_tokens=max_tokens)
-        return out
-
-    return wrapper
 
 
 def _v2_remember_new(method):  # noqa: ANN001, ANN202
@@ -232,7 +222,7 @@ def patch_v2_runner() -> None:
         return
     if getattr(V2Runner.prepare_inputs, "_adaras", False):
         return
-    V2Runner.load_model = _mark(_v2_after_load(V2Runner.load_model))
+    V2Runner.load_model = _mark(_attach_after_load(V2Runner.load_model))
     V2Runner.add_requests = _mark(_v2_remember_new(V2Runner.add_requests))
     V2Runner._remove_request = _mark(_v2_forget(V2Runner._remove_request))
     V2Runner.prepare_inputs = _mark(_v2_fill_after_prepare(V2Runner.prepare_inputs))

@@ -69,7 +69,8 @@ class SteeringTables:
             start += t.indices.numel()
         parts = [layers[layer].table for layer in sorted(layers)]
         table = torch.cat(parts, dim=1) if parts else torch.zeros(num_maps, 0)
-        return cls(table=table, indices={l: t.indices for l, t in layers.items()}, columns=columns)
+        indices = {layer: t.indices for layer, t in layers.items()}
+        return cls(table=table, indices=indices, columns=columns)
 
     @property
     def num_neurons(self) -> int:
