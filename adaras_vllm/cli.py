@@ -32,6 +32,11 @@ def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (argparse usage errors exit with 2)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # vLLM's own parser takes over: every engine flag passes through
+        from server.app import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -48,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_maps_commands(subparsers)
     add_demo_commands(subparsers)
+    subparsers.add_parser(
+        "serve", add_help=False,
+        help="OpenAI-compatible server with steering (all 'vllm serve' arguments apply)",
+    )
     return parser
 
 

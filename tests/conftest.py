@@ -127,3 +127,51 @@ def run_engine_job(job: dict, env: dict[str, str]) -> dict:
 @pytest.fixture(scope="session")
 def qwen3_tiny() -> tuple[Path, dict[str, Path]]:
     return tiny_model("qwen3")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """A real HTTP server process on a free loopback port, stopped on exit."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path, port: int) -> None:
+        self.cmd, self.env, self.log, self.port = cmd, env, log, port
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "RunningServer":
+        import time
+
+        import httpx
+
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n"
+                                   f"{self.log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"server not healthy in time:\n{self.log.read_text()[-4000:]}")
+            time.sleep(1)
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

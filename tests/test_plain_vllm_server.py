@@ -6,60 +6,28 @@ A real server process on a free loopback port, tiny Qwen3, eager.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 
 from adaras_vllm.maps import NeuronMap
-from conftest import ENV_VAR, encode_prompts, map_spec
+from conftest import ENV_VAR, RunningServer, encode_prompts, free_port, map_spec
 from hf_oracle import hf_steered_generate
 
 pytestmark = pytest.mark.engine
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(qwen3_tiny, tmp_path_factory):
-    import httpx
-
     model_dir, maps = qwen3_tiny
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, ENV_VAR: map_spec(maps)}
+    port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
            "--max-model-len", "1024", "--kv-cache-memory-bytes", str(256 << 20)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy in time:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
-        yield base, str(model_dir)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    env = {**os.environ, ENV_VAR: map_spec(maps)}
+    log = tmp_path_factory.mktemp("plain-server") / "server.log"
+    with RunningServer(cmd, env, log, port) as running:
+        yield running.base, str(model_dir)
 
 
 def _complete(base, model, ids, xargs=None):

@@ -1,0 +1,179 @@
+"""``adaras serve``: vLLM's OpenAI server with the steering layer installed.
+
+The engine, the OpenAI routes and their serving code are vLLM's own; this module only
+adds the steering middleware, routes, schema and auth to the app vLLM builds, and passes
+every vLLM engine/server argument through unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from fastapi import FastAPI
+
+from adaras_vllm.engine.registry import ENV_VAR, MapRegistry
+
+from .middleware import ApiKeyMiddleware, SteeringMiddleware
+from .openapi import document_steering
+from .routes import add_steering_routes
+from .steering_fields import SteeringPolicy
+
+DEFAULT_MAX_STEER_ALPHA = 8.0
+DEFAULT_MODEL_NAME = "adaras-tiny-qwen3"
+
+
+def install_steering_layer(app: FastAPI, policy: SteeringPolicy, api_keys: list[str]) -> None:
+    """Add our routes, schema and middleware to an app built by vLLM's ``build_app``."""
+    add_steering_routes(app, policy)
+    document_steering(app, policy)
+    # vLLM's build_app may already have built the middleware stack (its SageMaker
+    # bootstrap does); drop it so Starlette rebuilds it, with ours, on the first request.
+    app.middleware_stack = None
+    app.add_middleware(SteeringMiddleware, policy=policy)
+    if api_keys:
+        app.add_middleware(ApiKeyMiddleware, api_keys=api_keys)  # outermost: checked first
+
+
+def build_parser():  # noqa: ANN201 - vLLM's FlexibleArgumentParser
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(
+        prog="adaras serve",
+        description="OpenAI-compatible vLLM server with AdaRAS neuron steering. Every vLLM "
+        "engine/server argument is accepted as with 'vllm serve'.",
+    )
+    parser.add_argument("model_tag", nargs="?", default=None,
+                        help="model to serve (default: the built-in local demo model)")
+    parser = make_arg_parser(parser)
+    group = parser.add_argument_group("steering")
+    group.add_argument("--neuron-map", action="append", default=[], metavar="NAME=PATH",
+                       help="a neuron map to load (repeatable); the first is the default map")
+    group.add_argument("--default-steer-alpha", type=float, default=None, metavar="A",
+                       help="steer_alpha for requests that give none (default: the chosen "
+                       "map's default_alpha)")
+    group.add_argument("--max-steer-alpha", type=float, default=DEFAULT_MAX_STEER_ALPHA,
+                       metavar="M", help="refuse |steer_alpha| > M (default: %(default)s)")
+    return parser
+
+
+def _model_given(argv: list[str], args: argparse.Namespace) -> bool:
+    return args.model_tag is not None or any(a == "--model" or a.startswith("--model=")
+                                             for a in argv)
+
+
+def _default_model_and_map() -> tuple[str, str]:
+    """Until a trained default exists: a tiny local Qwen3 and a random map for it."""
+    from adaras_vllm.demo import DEFAULT_CACHE
+    from adaras_vllm.tiny_model import build_tiny_model, random_neuron_map
+
+    model_dir = build_tiny_model(DEFAULT_CACHE / "tiny-qwen3", "qwen3")
+    map_path = DEFAULT_CACHE / "tiny-qwen3-demo-map.safetensors"
+    if not map_path.is_file():
+        random_neuron_map(model_dir, "demo", layers=[1, 2], per_layer=16).save(map_path)
+    return str(model_dir), f"demo={map_path}"
+
+
+def _check_alpha_args(args: argparse.Namespace) -> None:
+    import math
+
+    if not math.isfinite(args.max_steer_alpha) or args.max_steer_alpha < 0:
+        raise SystemExit(f"--max-steer-alpha must be a finite number >= 0, got {args.max_steer_alpha}")
+    d = args.default_steer_alpha
+    if d is not None and (not math.isfinite(d) or abs(d) > args.max_steer_alpha):
+        raise SystemExit(
+            f"--default-steer-alpha must be a finite number in [-{args.max_steer_alpha:g}, "
+            f"{args.max_steer_alpha:g}], got {d}"
+        )
+
+
+def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[str]]:
+    """Parse arguments, choose model and maps, set the engine's environment."""
+    args = build_parser().parse_args(argv)
+    _check_alpha_args(args)
+    map_specs = list(args.neuron_map)
+    if args.model_tag is not None:
+        args.model = args.model_tag
+    if not _model_given(argv, args):
+        args.model, demo_map = _default_model_and_map()
+        if not map_specs:
+            map_specs = [demo_map]
+        # A tiny model: start in seconds without compiling, and keep CPU memory small.
+        if not any(a.endswith("enforce-eager") for a in argv):
+            args.enforce_eager = True
+        if not any(a.startswith("--gpu-memory-utilization") for a in argv):
+            args.gpu_memory_utilization = 0.3
+        if not any(a.startswith("--kv-cache-memory") for a in argv):
+            args.kv_cache_memory_bytes = 256 << 20
+        if not args.served_model_name:
+            args.served_model_name = [DEFAULT_MODEL_NAME]
+    if not map_specs and os.environ.get(ENV_VAR):
+        map_specs = [os.environ[ENV_VAR]]
+    if not map_specs:
+        raise SystemExit("adaras serve: give at least one --neuron-map NAME=PATH")
+    spec = ",".join(map_specs)
+    registry = MapRegistry.from_spec(spec)  # fails here, with the path, for a bad map
+    os.environ[ENV_VAR] = spec  # every engine process loads the same maps
+    os.environ["ADARAS_MAX_STEER_ALPHA"] = repr(args.max_steer_alpha)
+    policy = SteeringPolicy(registry.maps, max_alpha=args.max_steer_alpha,
+                            default_alpha=args.default_steer_alpha)
+    api_keys = [k for k in (args.api_key or []) if k]
+    args.api_key = None  # our middleware covers every route but /health, not only /v1
+    return args, policy, api_keys
+
+
+def _example_curl(host: str, port: int, model: str, api_keys: list[str], policy) -> str:  # noqa: ANN001
+    auth = f" \\\n  -H 'Authorization: Bearer {api_keys[0]}'" if api_keys else ""
+    body = ('{"model": "%s", "messages": [{"role": "user", "content": "What is 12 + 7?"}], '
+            '"max_tokens": 32, "steer_alpha": %s}') % (model, policy.default_alpha_for(
+                policy.map_names[0]) or 0.3)
+    return (f"curl -s http://{host}:{port}/v1/chat/completions "
+            f"-H 'Content-Type: application/json'{auth} \\\n  -d '{body}'")
+
+
+async def serve(args: argparse.Namespace, policy: SteeringPolicy, api_keys: list[str]) -> None:
+    from vllm import envs
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+    from vllm.entrypoints.launchers.app import build_app
+    from vllm.entrypoints.launchers.launcher import serve_http, setup_server
+
+    listen_address, sock = setup_server(args, reuse_port=False)
+    async with build_async_engine_client(args) as engine_client:
+        tasks = await engine_client.get_supported_tasks()
+        app = build_app(args, tasks, engine_client.model_config)
+        install_steering_layer(app, policy, api_keys)
+        await init_app_state(engine_client, app.state, args, tasks)
+        host = args.host or "127.0.0.1"
+        model = (args.served_model_name or [args.model])[0]
+        print(f"\nadaras: serving {model} with map(s) {', '.join(policy.map_names)} on "
+              f"{listen_address}\nTry:\n{_example_curl(host, args.port, model, api_keys, policy)}\n",
+              flush=True)
+        shutdown = await serve_http(
+            app, sock=sock, enable_ssl_refresh=args.enable_ssl_refresh, host=args.host,
+            port=args.port, log_level=args.uvicorn_log_level,
+            access_log=not args.disable_uvicorn_access_log,
+            timeout_keep_alive=envs.VLLM_HTTP_TIMEOUT_KEEP_ALIVE,
+            ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+            ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs,
+        )
+    try:
+        await shutdown
+    finally:
+        sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvloop
+    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, policy, api_keys = prepare(argv)
+    validate_parsed_serve_args(args)
+    uvloop.run(serve(args, policy, api_keys))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

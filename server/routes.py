@@ -1,0 +1,37 @@
+"""``GET /v1/steering/maps``: what this server can steer with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+from .steering_fields import SteeringPolicy
+
+
+def describe_maps(policy: SteeringPolicy) -> dict[str, Any]:
+    data = []
+    for i, m in enumerate(policy.maps):
+        data.append({
+            "name": m.name,
+            "default": i == 0,
+            "default_alpha": policy.default_alpha_for(m.name),
+            "map_default_alpha": m.default_alpha,
+            "num_neurons": m.num_neurons,
+            "layers": [{"layer": layer, "neurons": int(idx.numel())}
+                       for layer, (idx, _) in m.layers.items()],
+            "fingerprint": m.fingerprint(),
+            "metadata": dict(m.metadata),
+        })
+    return {"object": "list", "max_steer_alpha": policy.max_alpha, "data": data}
+
+
+def add_steering_routes(app: FastAPI, policy: SteeringPolicy) -> None:
+    router = APIRouter()
+
+    @router.get("/v1/steering/maps", tags=["steering"],
+                summary="The loaded neuron maps, their layers, neuron counts and default alpha")
+    async def list_maps() -> dict[str, Any]:
+        return describe_maps(policy)
+
+    app.include_router(router)
