@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install serve demo test test-fast bench clean
 
 install: $(STAMP)
 
@@ -21,9 +21,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	-$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null
+	@# The Compose specification's JSON schema, for validating docker/docker-compose.yml
+	@# (it ships inside this wheel; only downloaded, never installed).
+	$(PY) -m pip download --quiet --no-deps --dest $(VENV)/share/compose-spec docker-compose==1.29.2
 	@touch $(STAMP)
 
-# The main job: a real vLLM engine with the plugin, unsteered vs steered completions.
+# The main job: the OpenAI-compatible server (default: a tiny local model and map, CPU).
+serve: install
+	$(VENV)/bin/adaras serve $(ARGS)
+
+# A real vLLM engine with the plugin: unsteered vs steered completions, printed.
 demo: install
 	$(VENV)/bin/adaras demo
 
