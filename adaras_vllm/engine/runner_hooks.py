@@ -174,11 +174,14 @@ def _v2_remember_new(method):  # noqa: ANN001, ANN202
 
     @functools.wraps(method)
     def wrapper(self, scheduler_output, *args, **kwargs):  # noqa: ANN001, ANN202
+        # After the original: it may first remove (and so make us forget) a request
+        # that is being re-added, e.g. a streaming-input update.
+        out = method(self, scheduler_output, *args, **kwargs)
         steering = getattr(self, _ATTR, None)
         if steering is not None:
             for new in scheduler_output.scheduled_new_reqs:
                 steering.remember(new.req_id, new.sampling_params)
-        return method(self, scheduler_output, *args, **kwargs)
+        return out
 
     return wrapper
 

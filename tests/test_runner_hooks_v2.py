@@ -1,0 +1,83 @@
+"""The V2-runner hooks (vLLM's CUDA default), exercised on a stand-in runner that calls
+them the way ``v1/worker/gpu/model_runner.py`` does in vLLM 0.32. The real V2 runner
+needs CUDA; this pins down our side: parameters survive a request being re-added, and
+the per-token buffers follow the V2 batch layout (``idx_mapping``, ``prompt_len``)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from adaras_vllm.engine.registry import MapRegistry
+from adaras_vllm.engine.runner_hooks import (
+    _ATTR,
+    RunnerSteering,
+    _v2_fill_after_prepare,
+    _v2_forget,
+    _v2_remember_new,
+)
+from adaras_vllm.engine.state import SteeringState
+from adaras_vllm.maps import NeuronMap
+
+
+def _registry() -> MapRegistry:
+    maps = [NeuronMap.from_layers(n, {0: ([1], [w])}, num_hidden_layers=1, intermediate_size=4,
+                                  hidden_size=4) for n, w in (("a", 1.0), ("b", 10.0))]
+    return MapRegistry(maps)
+
+
+class StandInV2Runner:
+    """Only the call pattern of the V2 runner that the hooks rely on."""
+
+    def __init__(self) -> None:
+        registry = _registry()
+        table = torch.tensor([[1.0], [10.0]])
+        setattr(self, _ATTR, RunnerSteering(registry, SteeringState(16, "cpu", table), 64))
+        self.req_states = SimpleNamespace(prompt_len=SimpleNamespace(np=np.zeros(8, np.int32)))
+        self.slots: dict[str, int] = {}
+
+    def add_requests(self, scheduler_output) -> None:  # noqa: ANN001
+        for new in scheduler_output.scheduled_new_reqs:
+            self._remove_request(new.req_id)  # as vLLM does for streaming-input updates
+            slot = self.slots.setdefault(new.req_id, len(self.slots))
+            self.req_states.prompt_len.np[slot] = new.prompt_len
+
+    def _remove_request(self, req_id: str) -> bool:
+        return True
+
+    def prepare_inputs(self, req_ids, num_scheduled, num_computed):  # noqa: ANN001
+        idx = np.array([self.slots[r] for r in req_ids])
+        qsl = np.concatenate([[0], np.cumsum(num_scheduled)]).astype(np.int32)
+        return SimpleNamespace(req_ids=req_ids, num_reqs=len(req_ids), idx_mapping_np=idx,
+                               query_start_loc_np=qsl,
+                               num_computed_tokens_np=np.array(num_computed))
+
+
+StandInV2Runner.add_requests = _v2_remember_new(StandInV2Runner.add_requests)
+StandInV2Runner._remove_request = _v2_forget(StandInV2Runner._remove_request)
+StandInV2Runner.prepare_inputs = _v2_fill_after_prepare(StandInV2Runner.prepare_inputs)
+
+
+def _new(req_id, prompt_len, **extra):
+    return SimpleNamespace(req_id=req_id, prompt_len=prompt_len,
+                           sampling_params=SimpleNamespace(extra_args=extra))
+
+
+def test_v2_hooks_steer_the_right_tokens_of_a_mixed_batch():
+    runner = StandInV2Runner()
+    runner.add_requests(SimpleNamespace(scheduled_new_reqs=[
+        _new("r1", 3, steer_alpha=0.5), _new("r2", 2, steer_alpha=2.0, steer_map="b")]))
+    # r2 prefill (2 tokens) and r1 prefill (3 tokens), r2 listed first in the batch
+    runner.prepare_inputs(["r2", "r1"], [2, 3], [0, 0])
+    state = getattr(runner, _ATTR).state
+    assert state.delta[:5, 0].tolist() == [0.0, 20.0, 0.0, 0.0, 0.5]
+
+
+def test_v2_steering_survives_a_request_being_removed_and_re_added():
+    runner = StandInV2Runner()
+    runner.add_requests(SimpleNamespace(scheduled_new_reqs=[_new("r1", 1, steer_alpha=1.0)]))
+    runner.add_requests(SimpleNamespace(scheduled_new_reqs=[_new("r1", 1, steer_alpha=1.0)]))
+    runner.prepare_inputs(["r1"], [1], [4])
+    assert getattr(runner, _ATTR).state.delta[0, 0].item() == 1.0
