@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
 from fastapi import FastAPI
 
 from adaras_vllm.engine.registry import ENV_VAR, MapRegistry
@@ -79,7 +80,9 @@ def _check_alpha_args(args: argparse.Namespace) -> None:
     import math
 
     if not math.isfinite(args.max_steer_alpha) or args.max_steer_alpha < 0:
-        raise SystemExit(f"--max-steer-alpha must be a finite number >= 0, got {args.max_steer_alpha}")
+        raise SystemExit(
+            f"--max-steer-alpha must be a finite number >= 0, got {args.max_steer_alpha}"
+        )
     d = args.default_steer_alpha
     if d is not None and (not math.isfinite(d) or abs(d) > args.max_steer_alpha):
         raise SystemExit(
@@ -147,9 +150,9 @@ async def serve(args: argparse.Namespace, policy: SteeringPolicy, api_keys: list
         await init_app_state(engine_client, app.state, args, tasks)
         host = args.host or "127.0.0.1"
         model = (args.served_model_name or [args.model])[0]
+        example = _example_curl(host, args.port, model, api_keys, policy)
         print(f"\nadaras: serving {model} with map(s) {', '.join(policy.map_names)} on "
-              f"{listen_address}\nTry:\n{_example_curl(host, args.port, model, api_keys, policy)}\n",
-              flush=True)
+              f"{listen_address}\nTry:\n{example}\n", flush=True)
         shutdown = await serve_http(
             app, sock=sock, enable_ssl_refresh=args.enable_ssl_refresh, host=args.host,
             port=args.port, log_level=args.uvicorn_log_level,

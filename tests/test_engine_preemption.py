@@ -4,10 +4,10 @@ preempt and recompute requests, and each still gets the oracle's tokens."""
 from __future__ import annotations
 
 import pytest
-
-from adaras_vllm.maps import NeuronMap
 from conftest import encode_prompts, greedy, start_llm, stop_llm, tokens
 from hf_oracle import hf_steered_generate
+
+from adaras_vllm.maps import NeuronMap
 
 pytestmark = pytest.mark.engine
 NEW_TOKENS = 96

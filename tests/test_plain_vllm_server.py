@@ -9,10 +9,10 @@ import os
 import sys
 
 import pytest
-
-from adaras_vllm.maps import NeuronMap
 from conftest import ENV_VAR, RunningServer, encode_prompts, free_port, map_spec
 from hf_oracle import hf_steered_generate
+
+from adaras_vllm.maps import NeuronMap
 
 pytestmark = pytest.mark.engine
 
@@ -47,8 +47,8 @@ def test_vllm_xargs_steer_the_completion_like_the_oracle(server, qwen3_tiny):
     for xargs in ({"steer_alpha": 0.3}, {"steer_alpha": -1.0, "steer_map": "beta_map"}):
         r = _complete(base, model, ids, xargs)
         assert r.status_code == 200, r.text
-        want = hf_steered_generate(qwen3_tiny[0], ids, 24, maps[xargs.get("steer_map", "alpha_map")],
-                                   xargs["steer_alpha"])
+        neuron_map = maps[xargs.get("steer_map", "alpha_map")]
+        want = hf_steered_generate(qwen3_tiny[0], ids, 24, neuron_map, xargs["steer_alpha"])
         assert r.json()["choices"][0]["token_ids"] == want
 
 

@@ -11,10 +11,10 @@ import sys
 
 import httpx
 import pytest
-
-from adaras_vllm.maps import NeuronMap
 from conftest import ENV_VAR, RunningServer, encode_prompts, free_port
 from hf_oracle import hf_steered_generate
+
+from adaras_vllm.maps import NeuronMap
 
 pytestmark = pytest.mark.engine
 
@@ -75,7 +75,9 @@ def chat_messages():
 # ---- generation ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("alpha,map_name", [(0.3, "alpha_map"), (-1.0, "beta_map"), (4.0, "alpha_map")])
+@pytest.mark.parametrize(
+    "alpha,map_name", [(0.3, "alpha_map"), (-1.0, "beta_map"), (4.0, "alpha_map")]
+)
 def test_completion_steer_alpha_gives_the_oracles_tokens(client, qwen3_tiny, maps, prompts,
                                                          alpha, map_name):
     r = complete(client, prompts[0], steer_alpha=alpha, steer_map=map_name)
