@@ -8,6 +8,7 @@ every vLLM engine/server argument through unchanged.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -77,8 +78,6 @@ def _default_model_and_map() -> tuple[str, str]:
 
 
 def _check_alpha_args(args: argparse.Namespace) -> None:
-    import math
-
     if not math.isfinite(args.max_steer_alpha) or args.max_steer_alpha < 0:
         raise SystemExit(
             f"--max-steer-alpha must be a finite number >= 0, got {args.max_steer_alpha}"
@@ -116,7 +115,10 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     if not map_specs:
         raise SystemExit("adaras serve: give at least one --neuron-map NAME=PATH")
     spec = ",".join(map_specs)
-    registry = MapRegistry.from_spec(spec)  # fails here, with the path, for a bad map
+    try:
+        registry = MapRegistry.from_spec(spec)
+    except (OSError, ValueError) as e:  # a missing or malformed map: say which, and stop
+        raise SystemExit(f"adaras serve: {e}") from None
     os.environ[ENV_VAR] = spec  # every engine process loads the same maps
     os.environ["ADARAS_MAX_STEER_ALPHA"] = repr(args.max_steer_alpha)
     policy = SteeringPolicy(registry.maps, max_alpha=args.max_steer_alpha,
@@ -126,7 +128,9 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     return args, policy, api_keys
 
 
-def _example_curl(host: str, port: int, model: str, api_keys: list[str], policy) -> str:  # noqa: ANN001
+def _example_curl(
+    host: str, port: int, model: str, api_keys: list[str], policy: SteeringPolicy
+) -> str:
     auth = f" \\\n  -H 'Authorization: Bearer {api_keys[0]}'" if api_keys else ""
     body = ('{"model": "%s", "messages": [{"role": "user", "content": "What is 12 + 7?"}], '
             '"max_tokens": 32, "steer_alpha": %s}') % (model, policy.default_alpha_for(

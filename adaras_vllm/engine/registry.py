@@ -26,7 +26,7 @@ class MapRegistry:
         names = [m.name for m in maps]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"{ENV_VAR}: map name(s) {', '.join(dup)} given more than once")
+            raise ValueError(f"neuron map name(s) {', '.join(dup)} given more than once")
         self.maps = list(maps)
         self.names = names
         self._ids = {n: i for i, n in enumerate(names)}
@@ -75,7 +75,7 @@ class MapRegistry:
             p = Path(path).expanduser()
             if not p.is_file():
                 raise FileNotFoundError(
-                    f"{ENV_VAR}: neuron map file {str(p)!r} (entry {entry!r}) does not exist"
+                    f"neuron map file {str(p)!r} (entry {entry!r}) does not exist"
                 )
             m = NeuronMap.load(p)
             if name:
