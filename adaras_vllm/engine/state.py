@@ -67,6 +67,10 @@ class SteeringState:
             pin = torch.cuda.is_available()
             self._alpha_host = torch.zeros(max_tokens, dtype=torch.float32, pin_memory=pin)
             self._map_host = torch.zeros(max_tokens, dtype=torch.int64, pin_memory=pin)
+        # The host->device copy is asynchronous: the host rows must not be rewritten
+        # until the previous step's copy has run (with async scheduling the CPU can be
+        # a step ahead). Waits only for that copy, not for the forward.
+        self._copied = torch.cuda.Event() if device.type == "cuda" else None
         self._alpha_np = self._alpha_host.numpy()
         self._map_np = self._map_host.numpy()
         self._dirty = 0  # leading rows that may be non-zero
@@ -91,6 +95,7 @@ class SteeringState:
             self.clear()
             return
         alpha_tok = steered_token_alpha(req_alpha, num_scheduled, num_computed, prompt_len)
+        self._wait_for_last_copy()
         used = max(total, self._dirty)
         self._alpha_np[:total] = alpha_tok
         self._alpha_np[total:used] = 0.0
@@ -104,15 +109,22 @@ class SteeringState:
         if self._dirty == 0:
             return
         used = self._dirty
+        self._wait_for_last_copy()
         self._alpha_np[:used] = 0.0
         self._map_np[:used] = 0
         self._publish(used)
         self._dirty = 0
+
+    def _wait_for_last_copy(self) -> None:
+        if self._copied is not None:
+            self._copied.synchronize()
 
     def _publish(self, n: int) -> None:
         """Move rows ``[0, n)`` to the device and recompute their deltas in place."""
         if not self._on_host:
             self.alpha[:n].copy_(self._alpha_host[:n], non_blocking=True)
             self.map_id[:n].copy_(self._map_host[:n], non_blocking=True)
+            if self._copied is not None:
+                self._copied.record()
         torch.index_select(self.table, 0, self.map_id[:n], out=self._gathered[:n])
         torch.mul(self._gathered[:n], self.alpha[:n, None], out=self.delta[:n])
