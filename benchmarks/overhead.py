@@ -3,9 +3,12 @@ distinct alpha, at several batch sizes; printed as ratios to "off".
 
 Model: Qwen3-0.6B's shapes with dummy weights (vLLM ``load_format="dummy"``), no network
 needed. Map: 50 random neurons in the top 4 layers. Each engine runs in its own process
-(the plugin is configured per process), with identical engine settings.
+(the plugin is configured per process), with identical engine settings. With --rounds R
+the plugin-off and plugin-on engines alternate R times (off, on, off, on, ...) and each
+figure is the median over rounds, so drift of a shared machine hits both sides alike.
 
-    python benchmarks/overhead.py [--batches 1,32,128] [--new-tokens 16] [--out FILE.json]
+    python benchmarks/overhead.py [--batches 1,32,128] [--new-tokens 16] [--rounds 2]
+                                  [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ def main() -> None:
     p.add_argument("--batches", default="1,32,128")
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--out", default="")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -145,18 +149,24 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, map_path = write_model_and_map(Path(tmp))
-        off = child("off", None, ["none"], args, model_dir)
-        on = child("on", f"bench50={map_path}", ["alpha0", "distinct"], args, model_dir)
+        off, on = [], []
+        for r in range(args.rounds):
+            off += child(f"off#{r}", None, ["none"], args, model_dir)
+            on += child(f"on#{r}", f"bench50={map_path}", ["alpha0", "distinct"], args, model_dir)
 
-    base = {r["batch"]: r["decode_tok_s"] for r in off}
+    def median(results: list[dict], batch: int, mode: str) -> float:
+        return statistics.median(r["decode_tok_s"] for r in results
+                                 if r["batch"] == batch and r["mode"] == mode)
+
+    base = {b: median(off, b, "none") for b in args.batches}
     rows = []
     print(f"\nQwen3-0.6B shapes, dummy weights, {args.dtype}, 50-neuron map in layers 24-27, "
-          f"{args.new_tokens} decode tokens, median of {args.repeats}")
+          f"{args.new_tokens} decode tokens, median of {args.repeats} x {args.rounds} "
+          "alternating rounds")
     header = ("batch", "off tok/s", "alpha=0", "ratio", "distinct", "ratio")
     print("{:>5} {:>10} {:>10} {:>6} {:>10} {:>6}".format(*header))
     for batch in args.batches:
-        by_mode = {r["mode"]: r["decode_tok_s"] for r in on if r["batch"] == batch}
-        a0, dist = by_mode["alpha0"], by_mode["distinct"]
+        a0, dist = median(on, batch, "alpha0"), median(on, batch, "distinct")
         rows.append({"batch": batch, "off": base[batch], "alpha0": a0, "distinct": dist,
                      "alpha0_ratio": a0 / base[batch], "distinct_ratio": dist / base[batch]})
         print(f"{batch:5d} {base[batch]:10.1f} {a0:10.1f} {a0 / base[batch]:6.3f} "
