@@ -10,7 +10,6 @@ import os
 import time
 from pathlib import Path
 
-DEFAULT_CACHE = Path(os.environ.get("ADARAS_CACHE", Path.home() / ".cache" / "adaras-vllm"))
 DEFAULT_PROMPTS = ["Question: what is 12 + 7? Thinking:", "the answer is"]
 
 
@@ -24,7 +23,9 @@ def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--prompt", action="append", help="prompt text (repeatable)")
     demo.add_argument("--max-tokens", type=int, default=24)
     demo.add_argument("--eager", action="store_true", help="skip torch.compile (faster start)")
-    demo.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    demo.add_argument("--cache-dir", type=Path, default=None,
+                      help="where the built-in model and maps go (default: $ADARAS_CACHE or "
+                      "~/.cache/adaras-vllm)")
     demo.set_defaults(func=run_demo)
 
 
@@ -36,15 +37,15 @@ def _parse_alphas(text: str) -> list[float]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from adaras_vllm.tiny_model import build_tiny_model, random_neuron_map
+    from adaras_vllm.tiny_model import DEFAULT_CACHE, demo_map_for, demo_model_and_map
 
     alphas = _parse_alphas(args.alphas)
-    model_dir = args.model or build_tiny_model(args.cache_dir / "tiny-qwen3", "qwen3")
-    map_path = args.map
-    if map_path is None:
-        map_path = args.cache_dir / f"{Path(model_dir).name}-demo-map.safetensors"
-        if not map_path.is_file():
-            random_neuron_map(model_dir, "demo", layers=[1, 2], per_layer=16).save(map_path)
+    cache = args.cache_dir or DEFAULT_CACHE
+    if args.model is None:
+        model_dir, map_path = demo_model_and_map(cache)
+    else:
+        model_dir, map_path = args.model, None
+    map_path = args.map or map_path or demo_map_for(model_dir, cache)
     os.environ["ADARAS_NEURON_MAPS"] = str(map_path)  # before vLLM loads its plugins
 
     from vllm import LLM, SamplingParams

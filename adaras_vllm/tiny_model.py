@@ -9,11 +9,15 @@ needs). A random neuron map for such a model comes with it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from adaras_vllm.maps import NeuronMap
+
+DEFAULT_CACHE = Path(os.environ.get("ADARAS_CACHE", Path.home() / ".cache" / "adaras-vllm"))
+DEMO_MAP_NAME = "demo"
 
 ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
@@ -153,3 +157,18 @@ def random_neuron_map(
         default_alpha=default_alpha,
         source=f"random(seed={seed})",
     )
+
+
+def demo_map_for(model_dir: str | Path, cache_dir: Path = DEFAULT_CACHE) -> Path:
+    """A random map named ``demo`` for a local model, built once into ``cache_dir``."""
+    path = Path(cache_dir) / f"{Path(model_dir).name}-demo-map.safetensors"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        random_neuron_map(model_dir, DEMO_MAP_NAME, layers=[1, 2], per_layer=16).save(path)
+    return path
+
+
+def demo_model_and_map(cache_dir: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
+    """The built-in default until a trained model exists: a tiny Qwen3 and its map."""
+    model_dir = build_tiny_model(Path(cache_dir) / "tiny-qwen3", "qwen3")
+    return model_dir, demo_map_for(model_dir, cache_dir)

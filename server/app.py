@@ -65,18 +65,6 @@ def _model_given(argv: list[str], args: argparse.Namespace) -> bool:
                                              for a in argv)
 
 
-def _default_model_and_map() -> tuple[str, str]:
-    """Until a trained default exists: a tiny local Qwen3 and a random map for it."""
-    from adaras_vllm.demo import DEFAULT_CACHE
-    from adaras_vllm.tiny_model import build_tiny_model, random_neuron_map
-
-    model_dir = build_tiny_model(DEFAULT_CACHE / "tiny-qwen3", "qwen3")
-    map_path = DEFAULT_CACHE / "tiny-qwen3-demo-map.safetensors"
-    if not map_path.is_file():
-        random_neuron_map(model_dir, "demo", layers=[1, 2], per_layer=16).save(map_path)
-    return str(model_dir), f"demo={map_path}"
-
-
 def _check_alpha_args(args: argparse.Namespace) -> None:
     if not math.isfinite(args.max_steer_alpha) or args.max_steer_alpha < 0:
         raise SystemExit(
@@ -98,9 +86,12 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     if args.model_tag is not None:
         args.model = args.model_tag
     if not _model_given(argv, args):
-        args.model, demo_map = _default_model_and_map()
+        from adaras_vllm.tiny_model import DEMO_MAP_NAME, demo_model_and_map
+
+        model_dir, demo_map = demo_model_and_map()
+        args.model = str(model_dir)
         if not map_specs:
-            map_specs = [demo_map]
+            map_specs = [f"{DEMO_MAP_NAME}={demo_map}"]
         # A tiny model: start in seconds without compiling, and keep CPU memory small.
         if not any(a.endswith("enforce-eager") for a in argv):
             args.enforce_eager = True

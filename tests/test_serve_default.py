@@ -8,7 +8,6 @@ import sys
 
 import httpx
 import pytest
-
 from conftest import ENV_VAR, RunningServer, free_port
 
 pytestmark = pytest.mark.engine

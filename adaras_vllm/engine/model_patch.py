@@ -20,18 +20,16 @@ _MLP = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp$")
 class SteeredDownProj:
     """Mixin placed in front of a ``down_proj`` class: steer its input, then project.
 
-    ``adaras_delta`` is the shared static delta buffer, a plain tensor attribute, so
-    torch.compile turns it into a graph input read by reference at every call (never a
-    constant baked in). The column range is fixed for the engine's life.
+    ``adaras_delta`` is this layer's columns of the shared static delta buffer (a view,
+    fixed for the engine's life), a plain tensor attribute, so torch.compile turns it
+    into a graph input read by reference at every call (never a constant baked in).
     """
 
     adaras_delta: torch.Tensor
     adaras_indices: torch.Tensor
-    adaras_columns: tuple[int, int]
 
     def forward(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
-        start, stop = self.adaras_columns
-        steer_(x, self.adaras_delta[:, start:stop], self.adaras_indices)
+        steer_(x, self.adaras_delta, self.adaras_indices)
         return super().forward(x, *args, **kwargs)  # type: ignore[misc]
 
 
@@ -109,9 +107,9 @@ def install_steering(
     state = SteeringState(max_tokens, device, tables.table, dtype)
     for layer in layer_tables:
         down = downs[layer]
-        down.adaras_delta = state.delta
+        start, stop = tables.columns[layer]
+        down.adaras_delta = state.delta[:, start:stop]
         down.adaras_indices = tables.indices[layer].to(device)
-        down.adaras_columns = tables.columns[layer]
         down.__class__ = _steered_class(type(down))
     state.steered_layers = sorted(layer_tables)
     return state
