@@ -23,6 +23,20 @@ from adaras_vllm.maps.neuron_map import REQUIRED_METADATA
 _SHAPE_FLAGS = ("model_type", "num_hidden_layers", "intermediate_size", "hidden_size")
 
 
+def add_traces_commands(subparsers: argparse._SubParsersAction) -> None:
+    """`adaras traces generate`: sample and grade labelled traces (vLLM imported on use)."""
+    from adaras_vllm.pipeline.commands import add_traces_commands as add
+
+    add(subparsers)
+
+
+def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
+    """`adaras eval`: accuracy per steer_alpha, against a server or offline."""
+    from adaras_vllm.evaluate.commands import add_eval_command
+
+    add_eval_command(subparsers)
+
+
 def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
     """`adaras demo`: its module imports vLLM only when it runs."""
     from adaras_vllm.demo import add_demo_commands as add
@@ -52,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_maps_commands(subparsers)
+    add_traces_commands(subparsers)
+    add_eval_commands(subparsers)
     add_demo_commands(subparsers)
     subparsers.add_parser(
         "serve", add_help=False,
@@ -107,6 +123,10 @@ def add_maps_commands(subparsers: argparse._SubParsersAction) -> None:
         help="HF config.json, or a model directory containing one",
     )
     validate.set_defaults(func=_validate)
+
+    from adaras_vllm.pipeline.commands import add_build_command
+
+    add_build_command(commands)
 
 
 def read_model_config(path: Path) -> SimpleNamespace:

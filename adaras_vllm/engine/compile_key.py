@@ -3,7 +3,7 @@
 vLLM keys its (AOT) compile cache on ``VllmConfig.compute_hash()``, which knows nothing
 of plugins: a graph traced without the steer op (or with other maps' shapes) could be
 loaded and steering silently skipped. With maps loaded, the hash also covers the maps'
-fingerprint and the version of this package.
+fingerprint and the version of this package; capture mode adds its own factor.
 """
 
 from __future__ import annotations
@@ -11,16 +11,22 @@ from __future__ import annotations
 import functools
 import hashlib
 
+from .capture import capture_enabled
 from .registry import active_registry
 
 _VERSION = "adaras-steering-op/1"
+_CAPTURE_VERSION = "adaras-capture-op/1"
 
 
 def steering_hash_factor() -> str | None:
+    """What the patched graph depends on: the maps, and whether capture mode adds its op."""
     registry = active_registry()
-    if not registry:
-        return None
-    return f"{_VERSION}:{registry.fingerprint()}"
+    parts = []
+    if registry:
+        parts.append(f"{_VERSION}:{registry.fingerprint()}")
+    if capture_enabled():
+        parts.append(_CAPTURE_VERSION)
+    return "|".join(parts) or None
 
 
 def patch_compile_hash() -> None:

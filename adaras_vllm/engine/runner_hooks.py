@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .capture import CaptureState, capture_enabled, install_capture
 from .model_patch import install_steering
 from .params import SteeringParamError
 from .registry import MapRegistry, active_registry
@@ -23,6 +24,7 @@ from .state import SteeringState
 logger = logging.getLogger("vllm.adaras")
 
 _ATTR = "_adaras_steering"
+_CAPTURE_ATTR = "_adaras_capture"
 
 
 class RunnerSteering:
@@ -93,6 +95,28 @@ def attach(runner: Any, max_tokens: int) -> RunnerSteering | None:
     return steering
 
 
+def attach_capture(runner: Any, max_tokens: int) -> CaptureState | None:
+    """Capture mode (``ADARAS_CAPTURE=1``): patch every layer to sum its ``down_proj`` input.
+
+    Installed after steering, so with both on a layer captures its input before steering.
+    """
+    if getattr(runner, _CAPTURE_ATTR, None) is not None or not capture_enabled():
+        return getattr(runner, _CAPTURE_ATTR, None)
+    cfg = runner.model_config.hf_text_config
+    slots = int(runner.vllm_config.scheduler_config.max_num_seqs)
+    state = install_capture(
+        runner.get_model(), int(cfg.num_hidden_layers), max_slots=slots, max_tokens=max_tokens
+    )
+    setattr(runner, _CAPTURE_ATTR, state)
+    logger.info("adaras: capture mode on, %d slots of %s floats", slots,
+                tuple(state.sums.shape[::2]))
+    return state
+
+
+def capture_of(runner: Any) -> CaptureState | None:
+    return getattr(runner, _CAPTURE_ATTR, None)
+
+
 def _attach_after_load(method):  # noqa: ANN001, ANN202
     """Patch the model as soon as the runner has loaded it (both runners)."""
 
@@ -101,20 +125,25 @@ def _attach_after_load(method):  # noqa: ANN001, ANN202
         out = method(self, *args, **kwargs)
         input_ids = getattr(getattr(self, "input_buffers", None), "input_ids", None)
         padded = int(input_ids.shape[0]) if input_ids is not None else 0
-        attach(self, max_tokens=max(int(self.max_num_tokens), padded))
+        max_tokens = max(int(self.max_num_tokens), padded)
+        attach(self, max_tokens=max_tokens)
+        attach_capture(self, max_tokens=max_tokens)
         return out
 
     return wrapper
 
 
 def _clear_before(method):  # noqa: ANN001, ANN202
-    """Dummy runs call the model directly: make sure nothing is steered then."""
+    """Dummy runs call the model directly: make sure nothing is steered or captured then."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
         steering = getattr(self, _ATTR, None)
         if steering is not None:
             steering.state.clear()
+        capture = capture_of(self)
+        if capture is not None:
+            capture.clear_tokens()
         return method(self, *args, **kwargs)
 
     return wrapper
@@ -141,6 +170,19 @@ def _v1_fill_after_prepare(method):  # noqa: ANN001, ANN202
                 batch.num_prompt_tokens[:n],
             )
             steering.prune(self.requests.keys())
+        capture = capture_of(self)
+        if capture is not None:
+            batch = self.input_batch
+            n = batch.num_reqs
+            req_ids = list(batch.req_ids[:n])
+            capture.on_step(
+                req_ids,
+                [capture.key_of(r, self.requests[r].sampling_params) for r in req_ids],
+                np.asarray(num_scheduled_tokens[:n]),
+                batch.num_computed_tokens_cpu[:n].copy(),
+                batch.num_prompt_tokens[:n].copy(),
+                live=set(self.requests),
+            )
         return out
 
     return wrapper
@@ -178,9 +220,12 @@ def _v2_remember_new(method):  # noqa: ANN001, ANN202
         # that is being re-added, e.g. a streaming-input update.
         out = method(self, scheduler_output, *args, **kwargs)
         steering = getattr(self, _ATTR, None)
-        if steering is not None:
-            for new in scheduler_output.scheduled_new_reqs:
+        capture = capture_of(self)
+        for new in scheduler_output.scheduled_new_reqs:
+            if steering is not None:
                 steering.remember(new.req_id, new.sampling_params)
+            if capture is not None:
+                capture.key_of(new.req_id, new.sampling_params)
         return out
 
     return wrapper
@@ -192,6 +237,10 @@ def _v2_forget(method):  # noqa: ANN001, ANN202
         steering = getattr(self, _ATTR, None)
         if steering is not None:
             steering.forget(req_id)
+        capture = capture_of(self)
+        if capture is not None:
+            capture.harvest()  # a request that just completed keeps its result
+            capture.forget(req_id)
         return method(self, req_id, *args, **kwargs)
 
     return wrapper
@@ -212,6 +261,18 @@ def _v2_fill_after_prepare(method):  # noqa: ANN001, ANN202
                 np.diff(batch.query_start_loc_np[: n + 1]),
                 batch.num_computed_tokens_np[:n],
                 self.req_states.prompt_len.np[rows],  # not prefill_len: it changes on preemption
+            )
+        capture = capture_of(self)
+        if capture is not None:
+            n = batch.num_reqs
+            req_ids = list(batch.req_ids[:n])
+            rows = batch.idx_mapping_np[:n]
+            capture.on_step(
+                req_ids,
+                [capture.key_of(r, None) for r in req_ids],
+                np.diff(batch.query_start_loc_np[: n + 1]),
+                batch.num_computed_tokens_np[:n].copy(),
+                self.req_states.prompt_len.np[rows].copy(),
             )
         return batch
 
@@ -235,3 +296,25 @@ def patch_v2_runner() -> None:
 def _mark(fn):  # noqa: ANN001, ANN202
     fn._adaras = True
     return fn
+
+
+# ---- fetching capture results (any worker) -------------------------------------------
+
+
+def _fetch_capture(worker: Any) -> dict[str, dict[str, Any]]:
+    """``LLM.collective_rpc("adaras_capture_fetch")``: this rank's finished sums by key."""
+    capture = capture_of(getattr(worker, "model_runner", None))
+    if capture is None:
+        raise RuntimeError(
+            "adaras capture mode is off in this engine: set ADARAS_CAPTURE=1 before it starts"
+        )
+    return capture.fetch()
+
+
+def patch_worker_fetch() -> None:
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    from .capture import FETCH_METHOD
+
+    if not hasattr(WorkerBase, FETCH_METHOD):
+        setattr(WorkerBase, FETCH_METHOD, _fetch_capture)

@@ -231,8 +231,12 @@ class NeuronMap:
         ranks: Mapping[int, Any] | None = None,
         good_mean: Mapping[int, Any] | None = None,
         bad_mean: Mapping[int, Any] | None = None,
+        extra_metadata: Mapping[str, str] | None = None,
     ) -> NeuronMap:
         """Build a validated map from per-layer (indices, weights).
+
+        `extra_metadata` records provenance beyond the required keys (e.g. how many good
+        and bad traces went in); it may not override a required key.
 
         Accepts tensors, arrays or lists; integer indices become int64 and floating values
         float32. Without `ranks`, neurons are ranked by |w| descending across the whole map
@@ -263,6 +267,12 @@ class NeuronMap:
             "source": source,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        clash = sorted(set(extra_metadata or {}) & set(metadata))
+        if clash:
+            raise MapFormatError(
+                f"{who}: extra metadata may not override {', '.join(map(repr, clash))}"
+            )
+        metadata.update({str(k): str(v) for k, v in (extra_metadata or {}).items()})
         return cls(
             metadata=metadata,
             layers=tensors,

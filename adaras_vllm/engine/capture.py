@@ -1,0 +1,261 @@
+"""Capture mode: per-request mean of every layer's ``down_proj`` input, computed in-engine.
+
+Building a map needs, for each labelled trace, the mean over its tokens of every MLP
+neuron's activation. Keeping per-token activations would cost tokens x layers x
+intermediate floats per trace; instead each request that asks for capture gets a *slot*
+and every layer adds its tokens' activations into that slot's running sum on the device,
+so memory is ``layers x (slots + 1) x intermediate`` floats however long the traces are.
+
+Per step, outside the forward, a static per-token buffer maps each scheduled token to its
+request's slot (tokens not captured go to a trash row). Inside the forward each layer does
+one ``index_add_`` into its sums. Positions come from the number of computed tokens, so
+chunked prefill simply continues a slot's sum; a request recomputed from position 0 after
+preemption starts its sum again. Only prompt positions are captured.
+
+A request opts in with ``SamplingParams.extra_args["adaras_capture"] = "<key>"``; finished
+sums are collected per key through ``LLM.collective_rpc("adaras_capture_fetch")``.
+Capture runs eager (the sums are mutated module state) and needs prefix caching off
+(cached tokens never reach the forward; such a result is flagged ``complete=False``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CAPTURE_ENV = "ADARAS_CAPTURE"
+CAPTURE_KEY = "adaras_capture"
+FETCH_METHOD = "adaras_capture_fetch"
+
+
+def capture_enabled() -> bool:
+    return os.environ.get(CAPTURE_ENV, "").strip() not in ("", "0", "false", "False")
+
+
+class CapturedDownProj:
+    """Mixin placed in front of a ``down_proj`` class: add its input into the slot sums.
+
+    ``adaras_sums`` is this layer's ``[slots + 1, I_local]`` view of the capture buffer,
+    ``adaras_slot`` the static per-token slot buffer (the last row is the trash row).
+    """
+
+    adaras_sums: torch.Tensor
+    adaras_slot: torch.Tensor
+
+    def forward(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.adaras_sums.index_add_(0, self.adaras_slot[: x.shape[0]], x.float())
+        return super().forward(x, *args, **kwargs)  # type: ignore[misc]
+
+
+_captured_classes: dict[type, type] = {}
+
+
+def _captured_class(cls: type) -> type:
+    if issubclass(cls, CapturedDownProj):
+        return cls
+    if cls not in _captured_classes:
+        _captured_classes[cls] = type(f"Captured{cls.__name__}", (CapturedDownProj, cls), {})
+    return _captured_classes[cls]
+
+
+@dataclass
+class CaptureResult:
+    """One request's activation sums on this rank: ``sums`` is ``[layers, I_local]``."""
+
+    sums: np.ndarray
+    tokens: int  # tokens added into ``sums``
+    prompt_len: int
+    complete: bool  # every prompt token passed through the forward exactly once
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain types only: utility results cross process boundaries as msgpack."""
+        return {
+            "sums": self.sums.astype(np.float32, copy=False).tobytes(),
+            "shape": list(self.sums.shape),
+            "tokens": self.tokens,
+            "prompt_len": self.prompt_len,
+            "complete": self.complete,
+        }
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> "CaptureResult":
+        sums = np.frombuffer(d["sums"], dtype=np.float32).reshape(d["shape"])
+        return cls(sums, int(d["tokens"]), int(d["prompt_len"]), bool(d["complete"]))
+
+
+class CaptureState:
+    """Device-side running sums per slot plus the host bookkeeping of who owns which slot."""
+
+    def __init__(
+        self, num_layers: int, width: int, max_slots: int, max_tokens: int, device: torch.device
+    ) -> None:
+        self.num_layers = num_layers
+        self.max_slots = max_slots
+        self.trash = max_slots
+        self.sums = torch.zeros(num_layers, max_slots + 1, width, dtype=torch.float32,
+                                device=device)
+        self.slot = torch.full((max_tokens,), self.trash, dtype=torch.int64, device=device)
+        self._slot_host = self.slot if device.type == "cpu" else torch.full_like(
+            self.slot, self.trash, device="cpu")
+        self._slot_np = self._slot_host.numpy()
+        self._free = list(range(max_slots - 1, -1, -1))
+        self._owner: dict[str, tuple[str, int]] = {}  # req_id -> (key, slot)
+        self._tokens = np.zeros(max_slots, np.int64)
+        self._prompt_len = np.zeros(max_slots, np.int64)
+        self._complete = np.ones(max_slots, bool)
+        self._done: list[str] = []  # req ids whose prompt is fully added after this step
+        self._keys: dict[str, str | None] = {}
+        self.results: dict[str, CaptureResult] = {}
+
+    def key_of(self, req_id: str, sampling_params: Any) -> str | None:
+        if req_id not in self._keys:
+            extra = getattr(sampling_params, "extra_args", None) or {}
+            key = extra.get(CAPTURE_KEY)
+            self._keys[req_id] = str(key) if key is not None else None
+        return self._keys[req_id]
+
+    def on_step(
+        self,
+        req_ids: list[str],
+        keys: list[str | None],
+        num_scheduled: np.ndarray,
+        num_computed: np.ndarray,
+        prompt_len: np.ndarray,
+        live: set[str] | None = None,
+    ) -> None:
+        """Route this step's tokens to slots (arrays per batch row, rows back to back).
+
+        ``live`` (V1, which has no removal hook) lets slots of vanished requests go.
+        """
+        self.harvest()
+        if live is not None and len(self._keys) > 2 * self.max_slots:
+            self.prune(live)
+        num_scheduled = num_scheduled.astype(np.int64, copy=False)
+        total = int(num_scheduled.sum())
+        if total > self.slot.shape[0]:
+            raise RuntimeError(
+                f"adaras capture: step has {total} tokens but the slot buffer holds "
+                f"{self.slot.shape[0]}"
+            )
+        row_slot = np.full(len(req_ids), self.trash, np.int64)
+        fresh: list[int] = []
+        for row, (req_id, key) in enumerate(zip(req_ids, keys)):
+            key = self._keys.get(req_id, key)  # None once harvested above
+            if key is None:
+                continue
+            owned = self._owner.get(req_id)
+            if owned is None:
+                if not self._free:
+                    raise RuntimeError(
+                        "adaras capture: more capturing requests than slots "
+                        f"({self.max_slots}); lower max_num_seqs"
+                    )
+                owned = (key, self._free.pop())
+                self._owner[req_id] = owned
+                fresh.append(owned[1])
+                self._complete[owned[1]] = int(num_computed[row]) == 0
+            slot = owned[1]
+            if int(num_computed[row]) == 0 and slot not in fresh:
+                fresh.append(slot)  # recomputed from scratch after preemption
+                self._complete[slot] = True
+            row_slot[row] = slot
+            self._prompt_len[slot] = int(prompt_len[row])
+        if fresh:
+            idx = torch.tensor(fresh, dtype=torch.int64, device=self.sums.device)
+            self.sums.index_fill_(1, idx, 0.0)
+            self._tokens[fresh] = 0
+
+        # Per-token slot: prompt positions of capturing rows, everything else to trash.
+        starts = np.cumsum(num_scheduled) - num_scheduled
+        offset = np.arange(total, dtype=np.int64) - np.repeat(starts, num_scheduled)
+        positions = np.repeat(num_computed.astype(np.int64), num_scheduled) + offset
+        in_prompt = positions < np.repeat(prompt_len.astype(np.int64), num_scheduled)
+        tok_slot = np.where(in_prompt, np.repeat(row_slot, num_scheduled), self.trash)
+        self._slot_np[:total] = tok_slot
+        self._slot_np[total:] = self.trash
+        if self._slot_host is not self.slot:
+            self.slot.copy_(self._slot_host, non_blocking=True)
+
+        captured = row_slot != self.trash
+        added = np.minimum(num_computed + num_scheduled, prompt_len) - np.minimum(
+            num_computed, prompt_len)
+        np.add.at(self._tokens, row_slot[captured], added[captured])
+        finished = captured & (num_computed + num_scheduled >= prompt_len)
+        self._done.extend(req_ids[row] for row in np.flatnonzero(finished))
+
+    def clear_tokens(self) -> None:
+        """Dummy runs call the model directly: route every token to the trash row."""
+        self._slot_np[:] = self.trash
+        if self._slot_host is not self.slot:
+            self.slot.copy_(self._slot_host)
+
+    def harvest(self) -> None:
+        """Move the sums of requests whose prompt is complete to the host; free slots."""
+        if not self._done:
+            return
+        done = [r for r in dict.fromkeys(self._done) if r in self._owner]
+        self._done.clear()
+        if not done:
+            return
+        slots = [self._owner[r][1] for r in done]
+        idx = torch.tensor(slots, dtype=torch.int64, device=self.sums.device)
+        host = self.sums.index_select(1, idx).cpu().numpy()  # [layers, k, I_local]
+        for j, req_id in enumerate(done):
+            key, slot = self._owner.pop(req_id)
+            self._keys[req_id] = None  # captured once; later (decode) steps go to trash
+            self.results[key] = CaptureResult(
+                sums=np.ascontiguousarray(host[:, j, :]),
+                tokens=int(self._tokens[slot]),
+                prompt_len=int(self._prompt_len[slot]),
+                complete=bool(self._complete[slot])
+                and int(self._tokens[slot]) == int(self._prompt_len[slot]),
+            )
+            self._free.append(slot)
+
+    def forget(self, req_id: str) -> None:
+        """A request left before its prompt was complete (aborted): release its slot."""
+        self._keys.pop(req_id, None)
+        owned = self._owner.pop(req_id, None)
+        if owned is not None and req_id not in self._done:
+            self._free.append(owned[1])
+
+    def prune(self, live: set[str]) -> None:
+        """Release what requests that are gone still hold (V1 has no removal hook)."""
+        for req_id in [r for r in self._keys if r not in live]:
+            self.forget(req_id)
+
+    def fetch(self) -> dict[str, dict[str, Any]]:
+        """Pop every finished result, in wire form."""
+        self.harvest()
+        out = {k: r.to_wire() for k, r in self.results.items()}
+        self.results.clear()
+        return out
+
+
+def install_capture(
+    model: nn.Module, num_layers: int, *, max_slots: int, max_tokens: int
+) -> CaptureState:
+    """Patch every ``layers.N.mlp.down_proj`` to add its input into the capture sums."""
+    from .model_patch import find_mlps
+
+    _, downs = find_mlps(model)
+    missing = sorted(set(range(num_layers)) - set(downs))
+    if missing:
+        raise RuntimeError(
+            f"adaras capture: no layers.N.mlp.down_proj for layer(s) {missing} "
+            "(mixture-of-experts MLPs are not supported)"
+        )
+    first = downs[0]
+    width = int(getattr(first, "input_size_per_partition", 0) or first.weight.shape[1])
+    device = next(first.parameters()).device
+    state = CaptureState(num_layers, width, max_slots, max_tokens, device)
+    for layer, down in downs.items():
+        down.adaras_sums = state.sums[layer]
+        down.adaras_slot = state.slot
+        down.__class__ = _captured_class(type(down))
+    return state

@@ -1,0 +1,1 @@
+"""Building neuron maps: traces, grading, capture statistics, criterion."""

@@ -1,0 +1,196 @@
+"""`adaras traces generate` and `adaras maps build`: the map-building pipeline's CLI.
+
+vLLM is imported only when a command runs, so `adaras --help` stays fast and the map
+tooling stays usable where no engine is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .generate import SamplingSettings
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine (vLLM)")
+    g.add_argument("--model", required=True, help="model directory or id vLLM can load")
+    g.add_argument("--dtype", default="auto", help="weights/activations dtype (default: auto)")
+    g.add_argument("--max-model-len", type=_positive_int, metavar="N",
+                   help="longest sequence; longer capture texts are truncated")
+    g.add_argument("--tensor-parallel-size", type=_positive_int, default=1, metavar="N")
+    g.add_argument("--gpu-memory-utilization", type=float, metavar="F",
+                   help="fraction of accelerator memory (of RAM on CPU) vLLM may use")
+    g.add_argument("--kv-cache-gib", type=float, metavar="G",
+                   help="KV cache size in GiB (overrides --gpu-memory-utilization's sizing)")
+    g.add_argument("--max-num-seqs", type=_positive_int, default=32, metavar="N",
+                   help="requests per step (capture: slots of running sums; default 32)")
+    g.add_argument("--max-num-batched-tokens", type=_positive_int, metavar="N",
+                   help="tokens per step; smaller values force chunked prefill")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {"dtype": args.dtype, "tensor_parallel_size": args.tensor_parallel_size,
+                          "max_num_seqs": args.max_num_seqs}
+    if args.max_model_len is not None:
+        kw["max_model_len"] = args.max_model_len
+    if args.gpu_memory_utilization is not None:
+        kw["gpu_memory_utilization"] = args.gpu_memory_utilization
+    if args.kv_cache_gib is not None:
+        kw["kv_cache_memory_bytes"] = int(args.kv_cache_gib * (1 << 30))
+    if args.max_num_batched_tokens is not None:
+        kw["max_num_batched_tokens"] = args.max_num_batched_tokens
+    return kw
+
+
+def add_sampling_flags(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("trace sampling")
+    g.add_argument("--problems", type=Path, required=required,
+                   help="JSONL of problems: id, question, answer (the paper's format)")
+    g.add_argument("--samples", type=_positive_int, default=8, metavar="N",
+                   help="responses sampled per problem (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=0.6)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--sample-top-k", type=int, default=-1, metavar="K",
+                   help="sampling top-k (-1: off); not to be confused with the map's --top-k")
+    g.add_argument("--max-tokens", type=_positive_int, default=4096,
+                   help="longest response (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--prompt-template", default="{question}",
+                   help="user message; must contain {question} (default: %(default)s)")
+    g.add_argument("--answer-pattern", metavar="REGEX",
+                   help="regex whose last match's group 1 is the final answer "
+                        "(default: the last \\boxed{})")
+
+
+def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
+    return SamplingSettings(
+        samples=args.samples, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.sample_top_k, max_tokens=args.max_tokens, seed=args.seed,
+        prompt_template=args.prompt_template, answer_pattern=args.answer_pattern,
+    )
+
+
+def add_traces_commands(subparsers: argparse._SubParsersAction) -> None:
+    traces = subparsers.add_parser("traces", help="sample and grade reasoning traces")
+    commands = traces.add_subparsers(dest="traces_command", metavar="TRACES_COMMAND",
+                                     required=True)
+    gen = commands.add_parser(
+        "generate", help="sample N responses per problem with vLLM and grade them",
+        description="Sample responses through the model's chat template, take the final "
+        "answer (last \\boxed{} or --answer-pattern), grade it with math-verify and write "
+        "labelled traces (id, attempt, question, thinking, answer, gold, is_good).",
+    )
+    add_engine_flags(gen)
+    add_sampling_flags(gen, required=True)
+    gen.add_argument("--out", type=Path, required=True, help="traces JSONL to write")
+    gen.set_defaults(func=_generate)
+
+
+def add_build_command(maps_commands: argparse._SubParsersAction) -> None:
+    build = maps_commands.add_parser(
+        "build", help="build a neuron map for a model from labelled traces (or problems)",
+        description="Capture every MLP neuron's mean activation per trace inside vLLM, "
+        "compare good and bad traces with the paper's criterion and write the top-K map "
+        "plus a report (NAME.report.json, NAME.report.png) next to it. With --problems "
+        "instead of --traces the traces are sampled and graded first.",
+    )
+    add_engine_flags(build)
+    src = build.add_argument_group("traces")
+    src.add_argument("--traces", type=Path,
+                     help="labelled traces JSONL (ours or the paper's id,_id,question,"
+                          "thinking,is_good)")
+    src.add_argument("--traces-out", type=Path,
+                     help="with --problems: where to keep the generated traces "
+                          "(default: next to --out)")
+    add_sampling_flags(build, required=False)
+    out = build.add_argument_group("map")
+    out.add_argument("--out", type=Path, required=True, help="map file (.safetensors)")
+    out.add_argument("--name", help="map name (default: the --out file name)")
+    out.add_argument("--top-k", type=_positive_int, default=200, metavar="K",
+                     help="neurons kept, best first (default: %(default)s)")
+    out.add_argument("--default-alpha", type=float, default=0.3, metavar="A",
+                     help="steering strength stored as the map's default (default: "
+                          "%(default)s)")
+    build.set_defaults(func=_build)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .traces import read_problems, write_traces
+
+    problems = read_problems(args.problems)
+    settings = sampling_settings(args)
+    traces = _sample(args, problems, settings)
+    write_traces(args.out, traces)
+    good = sum(t.is_good for t in traces)
+    print(f"wrote {args.out}: {len(traces)} traces of {len(problems)} problems, "
+          f"{good} good / {len(traces) - good} bad")
+    return 0
+
+
+def _sample(args: argparse.Namespace, problems: list, settings: SamplingSettings) -> list:
+    from vllm import LLM
+
+    from .generate import generate_traces
+
+    os.environ.pop("ADARAS_NEURON_MAPS", None)  # sample the unsteered model
+    start = time.time()
+    llm = LLM(args.model, seed=settings.seed, **engine_kwargs(args))
+    try:
+        traces = generate_traces(llm, problems, settings)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    print(f"sampled {len(traces)} traces in {time.time() - start:.0f} s")
+    return traces
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .activations import ActivationCapture
+    from .build import build_neuron_map, save_built_map
+    from .traces import read_problems, read_traces, write_traces
+
+    if (args.traces is None) == (args.problems is None):
+        raise ValueError("give exactly one of --traces (labelled traces) or --problems "
+                         "(sample and grade traces first)")
+    if not str(args.out).endswith(".safetensors"):
+        raise ValueError(f"--out must name a .safetensors file, got {str(args.out)!r}")
+    name = args.name or args.out.name.removesuffix(".safetensors")
+    if args.traces is not None:
+        traces = read_traces(args.traces)
+        source = str(args.traces)
+    else:
+        problems = read_problems(args.problems)
+        traces = _sample(args, problems, sampling_settings(args))
+        traces_out = args.traces_out or args.out.with_name(f"{name}.traces.jsonl")
+        write_traces(traces_out, traces)
+        source = str(traces_out)
+        print(f"wrote {traces_out}: {len(traces)} traces")
+    from .build import check_labels
+
+    check_labels(traces)  # before starting an engine
+    kwargs = engine_kwargs(args)
+    with ActivationCapture(args.model, **kwargs) as capture:
+        built = build_neuron_map(
+            capture, traces, name=name, top_k=args.top_k, model_id=args.model,
+            traces_source=source, default_alpha=args.default_alpha,
+        )
+    paths = save_built_map(built, args.out)
+    sep = built.report["separation"]
+    print(f"wrote {paths[0]}: neuron map {name!r}, {built.neuron_map.num_neurons} neurons in "
+          f"{len(built.neuron_map.layers)} layers from {built.good.count} good / "
+          f"{built.bad.count} bad traces; median |d| of selected neurons "
+          f"{sep['median_abs_d']}; report {paths[1]}, {paths[2]}")
+    return 0

@@ -1,0 +1,122 @@
+"""Capture-mode bookkeeping, step by step on the CPU: which token goes to which slot,
+when a sum restarts, when it is complete, and when a slot is free again. The forward is
+played by hand: ``sums[l].index_add_(0, slot[:n], x)`` as each patched layer does."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from adaras_vllm.engine.capture import CAPTURE_KEY, CaptureResult, CaptureState
+
+
+class _Params:
+    def __init__(self, key: str | None) -> None:
+        self.extra_args = {CAPTURE_KEY: key} if key is not None else None
+
+
+def _state(slots: int = 2) -> CaptureState:
+    return CaptureState(num_layers=2, width=3, max_slots=slots, max_tokens=16,
+                        device=torch.device("cpu"))
+
+
+def _step(state: CaptureState, rows: list[tuple[str, str | None, int, int, int]]) -> None:
+    """rows: (req_id, key, num_scheduled, num_computed, prompt_len); every token of row r
+    at position p carries activation value ``100 * (r + 1) + p`` in every column."""
+    req_ids = [r[0] for r in rows]
+    keys = [state.key_of(r[0], _Params(r[1])) for r in rows]
+    sched = np.array([r[2] for r in rows])
+    comp = np.array([r[3] for r in rows])
+    plen = np.array([r[4] for r in rows])
+    state.on_step(req_ids, keys, sched, comp, plen)
+    values = np.concatenate([100 * (i + 1) + comp[i] + np.arange(sched[i])
+                             for i in range(len(rows))]).astype(np.float32)
+    x = torch.from_numpy(values)[:, None].expand(-1, 3)
+    n = x.shape[0]
+    for layer in range(state.num_layers):
+        state.sums[layer].index_add_(0, state.slot[:n], x)
+
+
+def _fetched(state: CaptureState) -> dict[str, CaptureResult]:
+    return {k: CaptureResult.from_wire(v) for k, v in state.fetch().items()}
+
+
+def test_prompt_split_over_chunks_sums_every_prompt_token_once():
+    s = _state()
+    _step(s, [("a", "k", 3, 0, 5)])
+    _step(s, [("a", "k", 2, 3, 5)])
+    (res,) = _fetched(s).values()
+    assert res.complete and res.tokens == 5
+    assert np.allclose(res.sums, sum(100 + p for p in range(5)))
+
+
+def test_requests_without_a_capture_key_go_to_the_trash_row():
+    s = _state()
+    _step(s, [("plain", None, 4, 0, 4), ("a", "k", 2, 0, 2)])
+    out = _fetched(s)
+    assert list(out) == ["k"]
+    assert np.allclose(out["k"].sums, (200 + 0) + (200 + 1))
+
+
+def test_generated_positions_after_the_prompt_are_not_captured():
+    s = _state()
+    _step(s, [("a", "k", 3, 0, 2)])  # e.g. a prompt of 2 plus one speculative position
+    res = _fetched(s)["k"]
+    assert res.tokens == 2 and np.allclose(res.sums, 100 + 101)
+
+
+def test_recompute_from_position_zero_restarts_the_sum():
+    s = _state()
+    _step(s, [("a", "k", 3, 0, 6)])  # preempted after this chunk ...
+    _step(s, [("a", "k", 4, 0, 6)])  # ... recomputed from scratch
+    _step(s, [("a", "k", 2, 4, 6)])
+    res = _fetched(s)["k"]
+    assert res.complete and res.tokens == 6
+    assert np.allclose(res.sums, sum(100 + p for p in range(6)))
+
+
+def test_prompt_partly_served_from_a_cache_is_flagged_incomplete():
+    s = _state()
+    _step(s, [("a", "k", 2, 4, 6)])  # first seen at position 4: 4 tokens never forwarded
+    res = _fetched(s)["k"]
+    assert not res.complete and res.tokens == 2
+
+
+def test_slots_are_reused_once_results_are_harvested():
+    s = _state(slots=1)
+    _step(s, [("a", "k1", 2, 0, 2)])
+    _step(s, [("b", "k2", 3, 0, 3)])  # the only slot was freed by the harvest
+    out = _fetched(s)
+    assert out["k1"].tokens == 2 and out["k2"].tokens == 3
+    assert np.allclose(out["k2"].sums, 100 + 101 + 102)
+
+
+def test_a_finished_request_that_keeps_decoding_is_not_captured_again():
+    s = _state(slots=1)
+    _step(s, [("a", "k", 2, 0, 2)])
+    _step(s, [("a", "k", 1, 2, 2)])  # decode step of the same request
+    out = _fetched(s)
+    assert out["k"].tokens == 2 and np.allclose(out["k"].sums, 100 + 101)
+
+
+def test_more_capturing_requests_than_slots_is_refused_with_the_remedy():
+    s = _state(slots=1)
+    try:
+        _step(s, [("a", "k1", 1, 0, 4), ("b", "k2", 1, 0, 4)])
+    except RuntimeError as e:
+        assert "slots" in str(e) and "max_num_seqs" in str(e)
+    else:
+        raise AssertionError("expected a RuntimeError")
+
+
+def test_dummy_runs_route_every_token_to_the_trash_row():
+    s = _state()
+    _step(s, [("a", "k", 3, 0, 9)])
+    s.clear_tokens()
+    assert bool((s.slot == s.trash).all())
+
+
+def test_wire_format_round_trips_sums_exactly():
+    r = CaptureResult(np.arange(6, dtype=np.float32).reshape(2, 3), 4, 4, True)
+    back = CaptureResult.from_wire(r.to_wire())
+    assert np.array_equal(back.sums, r.sums) and back.tokens == 4 and back.complete
