@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install serve demo test test-fast bench clean
+.PHONY: install serve demo test test-fast bench experiment clean
 
 install: $(STAMP)
 
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip download --quiet --no-deps --dest $(VENV)/share/compose-spec docker-compose==1.29.2
 	@touch $(STAMP)
 
-# The main job: the OpenAI-compatible server (default: a tiny local model and map, CPU).
+# The main job: the OpenAI-compatible server (default: the trained organism and its map, CPU).
 serve: install
 	$(VENV)/bin/adaras serve $(ARGS)
 
@@ -44,6 +44,26 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/capture_throughput.py
+
+# The organism experiment (README "Does steering help?"): problems, map, validation grid.
+# The test-split command with the alpha and neuron count chosen here is in the README.
+ORG := out/organism
+ADARAS := $(VENV)/bin/adaras
+ENGINE := --dtype float32 --kv-cache-gib 0.5
+experiment: install
+	$(ADARAS) organism problems --split train --n 600 --seed 0 --out $(ORG)/train.jsonl
+	$(ADARAS) organism problems --split validation --n 500 --seed 0 --out $(ORG)/validation.jsonl
+	$(ADARAS) organism problems --split test --n 1000 --seed 0 --out $(ORG)/test.jsonl
+	$(ADARAS) maps build --model models/organism-qwen3 --problems $(ORG)/train.jsonl \
+	    --samples 4 --temperature 1.0 --max-tokens 128 --top-k 200 $(ENGINE) \
+	    --max-model-len 256 --max-num-seqs 128 --traces-out $(ORG)/train-traces.jsonl \
+	    --out $(ORG)/top200.safetensors
+	$(ADARAS) eval --model models/organism-qwen3 --neuron-map $(ORG)/top200.safetensors \
+	    --neurons $(NEURONS) --alphas $(ALPHAS) --problems $(ORG)/validation.jsonl \
+	    $(ENGINE) --max-num-seqs 256 --out $(ORG)/validation-grid.json
+NEURONS ?= 10,25,50,100,200
+ALPHAS ?= -1,-0.5,0,0.1,0.2,0.3,0.5,1,2
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -37,6 +37,13 @@ def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
     add_eval_command(subparsers)
 
 
+def add_organism_commands(subparsers: argparse._SubParsersAction) -> None:
+    """`adaras organism problems|train`: the self-trained model organism."""
+    from adaras_vllm.organism.commands import add_organism_commands as add
+
+    add(subparsers)
+
+
 def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
     """`adaras demo`: its module imports vLLM only when it runs."""
     from adaras_vllm.demo import add_demo_commands as add
@@ -47,6 +54,11 @@ def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (argparse usage errors exit with 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["organism", "train"]:  # the training script's own parser
+        from adaras_vllm.organism.train import main as train_main
+
+        train_main(argv[2:])
+        return 0
     if argv[:1] == ["serve"]:  # vLLM's own parser takes over: every engine flag passes through
         from server.app import main as serve_main
 
@@ -68,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_maps_commands(subparsers)
     add_traces_commands(subparsers)
     add_eval_commands(subparsers)
+    add_organism_commands(subparsers)
     add_demo_commands(subparsers)
     subparsers.add_parser(
         "serve", add_help=False,

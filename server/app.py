@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -78,6 +79,26 @@ def _check_alpha_args(args: argparse.Namespace) -> None:
         )
 
 
+def default_model_and_map() -> tuple[Path, str, Path, str]:
+    """(model dir, map name, map path, served name) when no model is named: the committed
+    organism with its map, or the random tiny demo model if the organism is absent."""
+    from adaras_vllm.organism.assets import (
+        ORGANISM_MAP_NAME,
+        ORGANISM_SERVED_NAME,
+        organism_model_and_map,
+    )
+
+    try:
+        model_dir, map_path = organism_model_and_map()
+        return model_dir, ORGANISM_MAP_NAME, map_path, ORGANISM_SERVED_NAME
+    except FileNotFoundError as e:
+        from adaras_vllm.tiny_model import DEMO_MAP_NAME, demo_model_and_map
+
+        print(f"adaras serve: {e}; serving the random tiny demo model instead", flush=True)
+        model_dir, demo_map = demo_model_and_map()
+        return model_dir, DEMO_MAP_NAME, demo_map, DEFAULT_MODEL_NAME
+
+
 def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[str]]:
     """Parse arguments, choose model and maps, set the engine's environment."""
     args = build_parser().parse_args(argv)
@@ -86,12 +107,10 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     if args.model_tag is not None:
         args.model = args.model_tag
     if not _model_given(argv, args):
-        from adaras_vllm.tiny_model import DEMO_MAP_NAME, demo_model_and_map
-
-        model_dir, demo_map = demo_model_and_map()
+        model_dir, map_name, map_path, served = default_model_and_map()
         args.model = str(model_dir)
         if not map_specs:
-            map_specs = [f"{DEMO_MAP_NAME}={demo_map}"]
+            map_specs = [f"{map_name}={map_path}"]
         # A tiny model: start in seconds without compiling, and keep CPU memory small.
         if not any(a.endswith("enforce-eager") for a in argv):
             args.enforce_eager = True
@@ -99,8 +118,10 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
             args.gpu_memory_utilization = 0.3
         if not any(a.startswith("--kv-cache-memory") for a in argv):
             args.kv_cache_memory_bytes = 256 << 20
+        if not any(a.startswith("--dtype") for a in argv):
+            args.dtype = "float32"  # costs nothing at this size; exact, batch-stable answers
         if not args.served_model_name:
-            args.served_model_name = [DEFAULT_MODEL_NAME]
+            args.served_model_name = [served]
     if not map_specs and os.environ.get(ENV_VAR):
         map_specs = [os.environ[ENV_VAR]]
     if not map_specs:
@@ -123,9 +144,12 @@ def _example_curl(
     host: str, port: int, model: str, api_keys: list[str], policy: SteeringPolicy
 ) -> str:
     auth = f" \\\n  -H 'Authorization: Bearer {api_keys[0]}'" if api_keys else ""
-    body = ('{"model": "%s", "messages": [{"role": "user", "content": "What is 12 + 7?"}], '
-            '"max_tokens": 32, "steer_alpha": %s}') % (model, policy.default_alpha_for(
-                policy.map_names[0]) or 0.3)
+    from adaras_vllm.organism.assets import EXAMPLE_QUESTION
+
+    body = ('{"model": "%s", "messages": [{"role": "user", "content": "%s"}], '
+            '"max_tokens": 128, "steer_alpha": %s}') % (model, EXAMPLE_QUESTION,
+                                                      policy.default_alpha_for(
+                                                          policy.map_names[0]) or 0.3)
     return (f"curl -s http://{host}:{port}/v1/chat/completions "
             f"-H 'Content-Type: application/json'{auth} \\\n  -d '{body}'")
 

@@ -1,0 +1,1 @@
+"""Measuring steering: answer a problem set at several alphas, grade, compare to alpha 0."""

@@ -1,0 +1,119 @@
+"""Ask every problem under every (map, alpha) setting, against a server or offline.
+
+Against a server the official ``openai`` SDK sends ``extra_body={"steer_alpha": a}``, the
+way any client of any deployment of ours would. Offline, one vLLM engine loads every map
+named and runs all settings in the same batches: each request carries its own
+``steer_alpha``/``steer_map``, which the plugin applies per request. alpha 0 is asked
+once: it is the unsteered model whichever map is named.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from adaras_vllm.pipeline.generate import label_response
+from adaras_vllm.pipeline.traces import Problem
+
+from .summary import Graded
+
+
+@dataclass(frozen=True)
+class Setting:
+    steer_map: str | None  # None: the server's / engine's default map
+    alpha: float
+
+
+@dataclass(frozen=True)
+class AskSettings:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 0
+    prompt_template: str = "{question}"
+    answer_pattern: str | None = None
+
+
+def settings_grid(alphas: Sequence[float], maps: Sequence[str | None]) -> list[Setting]:
+    if 0.0 not in alphas:
+        raise ValueError(f"--alphas must include 0 (the unsteered baseline), got {list(alphas)}")
+    grid = [Setting(None, 0.0)]
+    grid += [Setting(m, a) for m in maps for a in alphas if a != 0.0]
+    return grid
+
+
+def _grade(problem: Problem, setting: Setting, text: str, tokens: int,
+           ask: AskSettings) -> Graded:
+    trace = label_response(problem, 0, text, ask.answer_pattern)
+    return Graded(problem.id, setting.steer_map, setting.alpha, trace.answer, trace.is_good,
+                  tokens)
+
+
+def ask_server(
+    base_url: str, problems: Sequence[Problem], grid: Sequence[Setting], ask: AskSettings,
+    *, model: str | None = None, api_key: str = "EMPTY", concurrency: int = 32,
+    progress: bool = True,
+) -> list[Graded]:
+    from openai import OpenAI
+    from tqdm import tqdm
+
+    client = OpenAI(base_url=base_url.rstrip("/") + ("" if base_url.rstrip("/").endswith(
+        "/v1") else "/v1"), api_key=api_key, max_retries=2, timeout=600)
+    model = model or client.models.list().data[0].id
+
+    def one(job: tuple[Problem, Setting]) -> Graded:
+        problem, setting = job
+        extra: dict = {"steer_alpha": setting.alpha}
+        if setting.steer_map is not None:
+            extra["steer_map"] = setting.steer_map
+        resp = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user",
+                       "content": ask.prompt_template.format(question=problem.question)}],
+            max_tokens=ask.max_tokens, temperature=ask.temperature, seed=ask.seed,
+            extra_body=extra,
+        )
+        text = resp.choices[0].message.content or ""
+        return _grade(problem, setting, text, resp.usage.completion_tokens, ask)
+
+    jobs = [(p, s) for s in grid for p in problems]
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(tqdm(pool.map(one, jobs), total=len(jobs), desc="asking the server",
+                         disable=not progress, unit="answer"))
+
+
+def ask_offline(
+    model_dir: str, maps: dict[str, str], problems: Sequence[Problem],
+    grid: Sequence[Setting], ask: AskSettings, *, engine_kwargs: dict | None = None,
+    progress: bool = True,
+) -> list[Graded]:
+    """One engine with every map of ``maps`` (name -> path) loaded; all settings batched."""
+    from vllm import LLM, SamplingParams
+
+    os.environ["ADARAS_NEURON_MAPS"] = ",".join(f"{n}={p}" for n, p in maps.items())
+    from adaras_vllm.engine.plugin import register
+
+    register()
+    llm = LLM(model_dir, seed=ask.seed, **(engine_kwargs or {}))
+    try:
+        jobs = [(p, s) for s in grid for p in problems]
+        conversations = [
+            [{"role": "user", "content": ask.prompt_template.format(question=p.question)}]
+            for p, _ in jobs
+        ]
+        params = [
+            SamplingParams(
+                max_tokens=ask.max_tokens, temperature=ask.temperature, seed=ask.seed,
+                extra_args={"steer_alpha": s.alpha,
+                            **({"steer_map": s.steer_map} if s.steer_map else {})},
+            )
+            for _, s in jobs
+        ]
+        outputs = llm.chat(conversations, params, use_tqdm=progress)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    return [
+        _grade(p, s, o.outputs[0].text, len(o.outputs[0].token_ids), ask)
+        for (p, s), o in zip(jobs, outputs)
+    ]
