@@ -63,7 +63,7 @@ experiment: install
 	    --neurons $(NEURONS) --alphas $(ALPHAS) --problems $(ORG)/validation.jsonl \
 	    $(ENGINE) --max-num-seqs 256 --out $(ORG)/validation-grid.json
 NEURONS ?= 10,25,50,100,200
-ALPHAS ?= -1,-0.5,0,0.1,0.2,0.3,0.5,1,2
+ALPHAS ?= -4,-1,-0.5,0,0.1,0.2,0.3,0.5,1,2,4,8
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -71,7 +71,8 @@ def ask_server(
             model=model,
             messages=[{"role": "user",
                        "content": ask.prompt_template.format(question=problem.question)}],
-            max_tokens=ask.max_tokens, temperature=ask.temperature, seed=ask.seed,
+            max_tokens=ask.max_tokens, temperature=ask.temperature,
+            **({"seed": ask.seed} if ask.temperature > 0 else {}),
             extra_body=extra,
         )
         text = resp.choices[0].message.content or ""
@@ -104,7 +105,8 @@ def ask_offline(
         ]
         params = [
             SamplingParams(
-                max_tokens=ask.max_tokens, temperature=ask.temperature, seed=ask.seed,
+                max_tokens=ask.max_tokens, temperature=ask.temperature,
+                seed=ask.seed if ask.temperature > 0 else None,
                 extra_args={"steer_alpha": s.alpha,
                             **({"steer_map": s.steer_map} if s.steer_map else {})},
             )

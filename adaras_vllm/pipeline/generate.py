@@ -67,13 +67,15 @@ def generate_traces(
     """Sample ``settings.samples`` responses per problem with a ``vllm.LLM`` and grade them."""
     from vllm import SamplingParams
 
+    # No per-request seed: vLLM 0.32's CPU runner crashes on seeded requests whose prompt
+    # spans steps ("CPU Generator does not use offset"). The engine is seeded instead
+    # (``LLM(seed=...)``), which makes a run reproducible for the same problems file.
     params = SamplingParams(
         n=settings.samples,
         temperature=settings.temperature,
         top_p=settings.top_p,
         top_k=settings.top_k,
         max_tokens=settings.max_tokens,
-        seed=settings.seed,
     )
     conversations = [
         [{"role": "user", "content": settings.prompt_template.format(question=p.question)}]
