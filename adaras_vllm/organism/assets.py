@@ -6,9 +6,19 @@ organism needs no training; ``adaras serve`` with no model argument serves them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+
+def _root() -> Path:
+    """The checkout (editable install) or ``$ADARAS_HOME`` (e.g. the Docker image's copy)."""
+    home = os.environ.get("ADARAS_HOME")
+    if home:
+        return Path(home)
+    return Path(__file__).resolve().parents[2]
+
+
+REPO_ROOT = _root()
 ORGANISM_DIR = REPO_ROOT / "models" / "organism-qwen3"
 ORGANISM_MAP = REPO_ROOT / "neuron_maps" / "organism-arith.safetensors"
 ORGANISM_SERVED_NAME = "adaras-organism"

@@ -10,9 +10,10 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .generate import SamplingSettings
+if TYPE_CHECKING:  # math-verify (via .generate) is imported only when a command runs
+    from .generate import SamplingSettings
 
 
 def _positive_int(text: str) -> int:
@@ -77,6 +78,8 @@ def add_sampling_flags(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
+    from .generate import SamplingSettings
+
     return SamplingSettings(
         samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         top_k=args.sample_top_k, max_tokens=args.max_tokens, seed=args.seed,
@@ -141,7 +144,7 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace, problems: list, settings: SamplingSettings) -> list:
+def _sample(args: argparse.Namespace, problems: list, settings: "SamplingSettings") -> list:
     from vllm import LLM
 
     from .generate import generate_traces
