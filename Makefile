@@ -60,7 +60,7 @@ experiment: install
 	    --max-model-len 256 --max-num-seqs 128 --traces-out $(ORG)/train-traces.jsonl \
 	    --out $(ORG)/top200.safetensors
 	$(ADARAS) eval --model models/organism-qwen3 --neuron-map $(ORG)/top200.safetensors \
-	    --neurons $(NEURONS) --alphas $(ALPHAS) --problems $(ORG)/validation.jsonl \
+	    --neurons $(NEURONS) --alphas=$(ALPHAS) --max-tokens 128 --problems $(ORG)/validation.jsonl \
 	    $(ENGINE) --max-num-seqs 256 --out $(ORG)/validation-grid.json
 NEURONS ?= 10,25,50,100,200
 ALPHAS ?= -4,-1,-0.5,0,0.1,0.2,0.3,0.5,1,2,4,8
