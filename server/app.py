@@ -47,9 +47,15 @@ def build_parser():  # noqa: ANN201 - vLLM's FlexibleArgumentParser
         description="OpenAI-compatible vLLM server with AdaRAS neuron steering. Every vLLM "
         "engine/server argument is accepted as with 'vllm serve'.",
     )
-    parser.add_argument("model_tag", nargs="?", default=None,
-                        help="model to serve (default: the built-in local demo model)")
     parser = make_arg_parser(parser)
+    # vLLM's parser has its own optional positional ``model_tag``; a second one would
+    # swallow nothing and reset the value to None.
+    tags = [a for a in parser._actions if a.dest == "model_tag"]
+    if tags:
+        tags[0].help = "model to serve (default: the committed organism and its map)"
+    else:
+        parser.add_argument("model_tag", nargs="?", default=None,
+                            help="model to serve (default: the committed organism and its map)")
     group = parser.add_argument_group("steering")
     group.add_argument("--neuron-map", action="append", default=[], metavar="NAME=PATH",
                        help="a neuron map to load (repeatable); the first is the default map")
