@@ -52,17 +52,6 @@ class CapturedDownProj:
         return super().forward(x, *args, **kwargs)  # type: ignore[misc]
 
 
-_captured_classes: dict[type, type] = {}
-
-
-def _captured_class(cls: type) -> type:
-    if issubclass(cls, CapturedDownProj):
-        return cls
-    if cls not in _captured_classes:
-        _captured_classes[cls] = type(f"Captured{cls.__name__}", (CapturedDownProj, cls), {})
-    return _captured_classes[cls]
-
-
 @dataclass
 class CaptureResult:
     """One request's activation sums on this rank: ``sums`` is ``[layers, I_local]``."""
@@ -241,7 +230,7 @@ def install_capture(
     model: nn.Module, num_layers: int, *, max_slots: int, max_tokens: int
 ) -> CaptureState:
     """Patch every ``layers.N.mlp.down_proj`` to add its input into the capture sums."""
-    from .model_patch import find_mlps
+    from .model_patch import find_mlps, with_mixin
 
     _, downs = find_mlps(model)
     missing = sorted(set(range(num_layers)) - set(downs))
@@ -257,5 +246,5 @@ def install_capture(
     for layer, down in downs.items():
         down.adaras_sums = state.sums[layer]
         down.adaras_slot = state.slot
-        down.__class__ = _captured_class(type(down))
+        down.__class__ = with_mixin(CapturedDownProj, type(down))
     return state

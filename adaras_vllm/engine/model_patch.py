@@ -33,15 +33,19 @@ class SteeredDownProj:
         return super().forward(x, *args, **kwargs)  # type: ignore[misc]
 
 
-_steered_classes: dict[type, type] = {}
+_mixed_classes: dict[tuple[type, type], type] = {}
 
 
-def _steered_class(cls: type) -> type:
-    if issubclass(cls, SteeredDownProj):
+def with_mixin(mixin: type, cls: type) -> type:
+    """``cls`` with ``mixin`` in front (made once per pair): swapping a module's class
+    keeps its parameters and vLLM's weight loading, and adds our forward step."""
+    if issubclass(cls, mixin):
         return cls
-    if cls not in _steered_classes:
-        _steered_classes[cls] = type(f"Steered{cls.__name__}", (SteeredDownProj, cls), {})
-    return _steered_classes[cls]
+    key = (mixin, cls)
+    if key not in _mixed_classes:
+        prefix = mixin.__name__.removesuffix("DownProj")
+        _mixed_classes[key] = type(f"{prefix}{cls.__name__}", (mixin, cls), {})
+    return _mixed_classes[key]
 
 
 def _shard_of(down_proj: nn.Module, full_size: int) -> tuple[int, int]:
@@ -110,7 +114,7 @@ def install_steering(
         start, stop = tables.columns[layer]
         down.adaras_delta = state.delta[:, start:stop]
         down.adaras_indices = tables.indices[layer].to(device)
-        down.__class__ = _steered_class(type(down))
+        down.__class__ = with_mixin(SteeredDownProj, type(down))
     state.steered_layers = sorted(layer_tables)
     return state
 

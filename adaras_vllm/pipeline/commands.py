@@ -12,18 +12,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaras_vllm.cli import _positive_int
+
 if TYPE_CHECKING:  # math-verify (via .generate) is imported only when a command runs
     from .generate import SamplingSettings
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
