@@ -168,7 +168,8 @@ class CaptureState:
         self._slot_np[:total] = tok_slot
         self._slot_np[total:] = self.trash
         if self._slot_host is not self.slot:
-            self.slot.copy_(self._slot_host, non_blocking=True)
+            # Blocking: the host rows are rewritten next step (capture is not latency-bound).
+            self.slot.copy_(self._slot_host)
 
         captured = row_slot != self.trash
         added = np.minimum(num_computed + num_scheduled, prompt_len) - np.minimum(
