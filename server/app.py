@@ -15,9 +15,10 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from adaras_vllm.engine.registry import ENV_VAR, MapRegistry
+from adaras_vllm.engine.params import DEFAULT_ALPHA_ENV, MAX_ALPHA_ENV, SteeringParamError
+from adaras_vllm.engine.registry import ENV_VAR, MapRegistry, active_registry
 
-from .middleware import ApiKeyMiddleware, SteeringMiddleware
+from .middleware import DEFAULT_MAX_BODY_BYTES, ApiKeyMiddleware, SteeringMiddleware
 from .openapi import document_steering
 from .routes import add_steering_routes
 from .steering_fields import SteeringPolicy
@@ -26,14 +27,16 @@ DEFAULT_MAX_STEER_ALPHA = 8.0
 DEFAULT_MODEL_NAME = "adaras-tiny-qwen3"
 
 
-def install_steering_layer(app: FastAPI, policy: SteeringPolicy, api_keys: list[str]) -> None:
+def install_steering_layer(app: FastAPI, policy: SteeringPolicy, api_keys: list[str],
+                           registry: MapRegistry,
+                           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
     """Add our routes, schema and middleware to an app built by vLLM's ``build_app``."""
     add_steering_routes(app, policy)
     document_steering(app, policy)
     # vLLM's build_app may already have built the middleware stack (its SageMaker
     # bootstrap does); drop it so Starlette rebuilds it, with ours, on the first request.
     app.middleware_stack = None
-    app.add_middleware(SteeringMiddleware, policy=policy)
+    app.add_middleware(SteeringMiddleware, registry=registry, max_body_bytes=max_body_bytes)
     if api_keys:
         app.add_middleware(ApiKeyMiddleware, api_keys=api_keys)  # outermost: checked first
 
@@ -64,6 +67,9 @@ def build_parser():  # noqa: ANN201 - vLLM's FlexibleArgumentParser
                        "map's default_alpha)")
     group.add_argument("--max-steer-alpha", type=float, default=DEFAULT_MAX_STEER_ALPHA,
                        metavar="M", help="refuse |steer_alpha| > M (default: %(default)s)")
+    group.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                       metavar="N", help="refuse request bodies larger than N bytes with a 413 "
+                       "(default: %(default)s)")
     return parser
 
 
@@ -132,18 +138,71 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
         map_specs = [os.environ[ENV_VAR]]
     if not map_specs:
         raise SystemExit("adaras serve: give at least one --neuron-map NAME=PATH")
+    if (args.api_server_count or 1) > 1:
+        raise SystemExit(
+            "adaras serve: --api-server-count > 1 is not supported: vLLM's extra API server "
+            "processes build their own app without the steering layer (audit, metrics, "
+            "limits); run one API server per engine, or several adaras serve behind a proxy"
+        )
+    if args.max_request_body_bytes <= 0:
+        raise SystemExit("adaras serve: --max-request-body-bytes must be a positive integer, "
+                         f"got {args.max_request_body_bytes}")
     spec = ",".join(map_specs)
     try:
         registry = MapRegistry.from_spec(spec)
     except (OSError, ValueError) as e:  # a missing or malformed map: say which, and stop
+        raise SystemExit(f"adaras serve: {_one_line(e)}") from None
+    # Every process (this one, the engine core, each worker) decides from the same
+    # environment: the maps, the bound and the default alpha.
+    os.environ[ENV_VAR] = spec
+    os.environ[MAX_ALPHA_ENV] = repr(args.max_steer_alpha)
+    os.environ[DEFAULT_ALPHA_ENV] = ("map" if args.default_steer_alpha is None
+                                     else repr(args.default_steer_alpha))
+    try:
+        registry.check_defaults()
+    except SteeringParamError as e:
         raise SystemExit(f"adaras serve: {e}") from None
-    os.environ[ENV_VAR] = spec  # every engine process loads the same maps
-    os.environ["ADARAS_MAX_STEER_ALPHA"] = repr(args.max_steer_alpha)
+    install_in_every_process()
     policy = SteeringPolicy(registry.maps, max_alpha=args.max_steer_alpha,
                             default_alpha=args.default_steer_alpha)
     api_keys = [k for k in (args.api_key or []) if k]
+    if not api_keys and os.environ.get("VLLM_API_KEY"):
+        api_keys = [os.environ["VLLM_API_KEY"]]
     args.api_key = None  # our middleware covers every route but /health, not only /v1
     return args, policy, api_keys
+
+
+def install_in_every_process() -> None:
+    """Install steering here, now that the maps are known, and in every process started
+    from here: vLLM loaded its plugins while our parser was built, before the maps were in
+    the environment, and does not load them again in this process nor in one forked from
+    it. Like ``vllm serve``, prefer spawning engine processes (they then load the plugin
+    with the maps set); a forked one inherits what ``register`` patched here."""
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+
+    from adaras_vllm.engine.plugin import register
+
+    cli_env_setup()
+    register()
+
+
+async def check_engine_steers(engine_client, policy: SteeringPolicy) -> list[int]:  # noqa: ANN001
+    """Refuse to serve if a worker reports no steering while maps are configured."""
+    from adaras_vllm.engine.runner_hooks import STATUS_METHOD
+
+    statuses = await engine_client.collective_rpc(STATUS_METHOD)
+    missing = [rank for rank, s in enumerate(statuses) if not s.get("installed")]
+    if missing or not statuses:
+        raise SystemExit(
+            f"adaras serve: maps {', '.join(policy.map_names)} are configured but worker "
+            f"rank(s) {missing or 'all'} report no steering installed; refusing to serve "
+            "unsteered responses as steered"
+        )
+    return sorted({layer for s in statuses for layer in s["layers"]})
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 def _example_curl(
@@ -169,15 +228,17 @@ async def serve(args: argparse.Namespace, policy: SteeringPolicy, api_keys: list
 
     listen_address, sock = setup_server(args, reuse_port=False)
     async with build_async_engine_client(args) as engine_client:
+        layers = await check_engine_steers(engine_client, policy)
         tasks = await engine_client.get_supported_tasks()
         app = build_app(args, tasks, engine_client.model_config)
-        install_steering_layer(app, policy, api_keys)
+        install_steering_layer(app, policy, api_keys, active_registry(),
+                               max_body_bytes=args.max_request_body_bytes)
         await init_app_state(engine_client, app.state, args, tasks)
         host = args.host or "127.0.0.1"
         model = (args.served_model_name or [args.model])[0]
         example = _example_curl(host, args.port, model, api_keys, policy)
-        print(f"\nadaras: serving {model} with map(s) {', '.join(policy.map_names)} on "
-              f"{listen_address}\nTry:\n{example}\n", flush=True)
+        print(f"\nadaras: serving {model} with map(s) {', '.join(policy.map_names)} "
+              f"(steered layers {layers}) on {listen_address}\nTry:\n{example}\n", flush=True)
         shutdown = await serve_http(
             app, sock=sock, enable_ssl_refresh=args.enable_ssl_refresh, host=args.host,
             port=args.port, log_level=args.uvicorn_log_level,

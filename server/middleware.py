@@ -1,21 +1,27 @@
-"""ASGI middleware: authentication, and steering on the two generation routes.
+"""ASGI middleware: authentication, request-size limits, and steering on every route.
 
-Steering wraps vLLM's own handlers rather than replacing them, so chat templates,
-streaming, logprobs, tools and ``n`` behave exactly as in vLLM. On the way in, the
-``steer_*`` fields are validated (a 400 in the OpenAI error shape before anything reaches
-the engine) and moved into ``vllm_xargs``; on the way out, each response, or the last
-data chunk of a stream, says what was applied.
+Steering is *decided* in the engine front end (``adaras_vllm.engine.frontend``) for every
+request that reaches the engine, whatever the route. This layer only adds what HTTP
+needs: the body's top-level ``steer_*`` fields are handed to the front end (through a
+context variable, so routes whose schema has no ``vllm_xargs`` get them too), bad values
+are refused early with a 400 in the OpenAI error shape, each response (or the last data
+chunk of a stream) says what the front end applied, and steered work is counted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from adaras_vllm.engine.params import KNOWN_KEYS, SteeringParamError, is_steering_key
+from adaras_vllm.engine.registry import MapRegistry
+from adaras_vllm.engine.request_context import HTTP_STEERING, HttpSteering
+
 from .metrics import REJECTED_REQUESTS, STEERED_REQUESTS, STEERED_TOKENS
-from .steering_fields import AppliedSteering, SteeringFieldError, SteeringPolicy
+from .steering_fields import applied_json
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -23,8 +29,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-STEERED_ROUTES = ("/v1/chat/completions", "/v1/completions")
 OPEN_ROUTES = ("/health",)
+DEFAULT_MAX_BODY_BYTES = 32 << 20
 
 
 def openai_error(status: int, message: str, param: str | None, kind: str) -> bytes:
@@ -40,21 +46,46 @@ async def send_json(send: Send, status: int, body: bytes, extra_headers=()) -> N
     await send({"type": "http.response.body", "body": body})
 
 
+def routed_path(scope: Scope) -> str:
+    """The path the router matches: without the ``--root-path`` prefix, if present."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
+
+
+def metric_field(field: str | None) -> str:
+    """A bounded label for the rejected-requests counter: clients choose key names."""
+    if field in KNOWN_KEYS or field in ("vllm_xargs", "body"):
+        return str(field)
+    return "unknown_steer_field" if is_steering_key(field) else "other"
+
+
 class ApiKeyMiddleware:
-    """Every route but ``/health`` needs ``Authorization: Bearer <key>`` (else 401)."""
+    """Every route but ``/health`` needs ``Authorization: Bearer <key>`` (else 401).
+
+    Keys are compared as SHA-256 digests (constant time, and the length of a key does not
+    show). Only a genuine CORS preflight (``Origin`` and ``Access-Control-Request-Method``)
+    passes without a key: vLLM's CORS middleware answers it without reaching any route.
+    """
 
     def __init__(self, app: ASGIApp, api_keys: list[str]) -> None:
         self.app = app
-        self.keys = [k.encode() for k in api_keys]
+        self.digests = [hashlib.sha256(k.encode()).digest() for k in api_keys]
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        digest = hashlib.sha256(token.strip()).digest()
+        matches = [hmac.compare_digest(digest, d) for d in self.digests]  # no short cut
+        return scheme.lower() == b"bearer" and any(matches)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_ROUTES:
+        if scope["type"] not in ("http", "websocket") or routed_path(scope) in OPEN_ROUTES:
             return await self.app(scope, receive, send)
-        if scope["type"] == "http" and scope.get("method") == "OPTIONS":
-            return await self.app(scope, receive, send)  # CORS preflight carries no auth
-        auth = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, token = auth.partition(b" ")
-        if scheme.lower() == b"bearer" and any(hmac.compare_digest(token, k) for k in self.keys):
+        headers = dict(scope.get("headers") or [])
+        preflight = (scope.get("method") == "OPTIONS" and b"origin" in headers
+                     and b"access-control-request-method" in headers)
+        if preflight or self._authorized(headers):
             return await self.app(scope, receive, send)
         message = "missing or invalid API key: send 'Authorization: Bearer <key>'"
         if scope["type"] == "websocket":
@@ -65,45 +96,112 @@ class ApiKeyMiddleware:
         return None
 
 
-class SteeringMiddleware:
-    """Validate and resolve steering fields; annotate responses; count steered work."""
+class _BodyTooLarge(Exception):
+    pass
 
-    def __init__(self, app: ASGIApp, policy: SteeringPolicy) -> None:
+
+class SteeringMiddleware:
+    """Bound request bodies; hand ``steer_*`` fields to the front end; annotate; count."""
+
+    def __init__(self, app: ASGIApp, registry: MapRegistry,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.app = app
-        self.policy = policy
+        self.registry = registry
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope.get("method") != "POST"
-                or scope["path"] not in STEERED_ROUTES):
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        raw = await _read_body(receive)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await self._too_large(send)
+        if not headers.get(b"content-type", b"").startswith(b"application/json"):
+            # Uploads (audio, files): not ours to parse, but still bounded.
+            return await self.app(scope, self._limited(receive), send)
+        try:
+            raw = await _read_body(receive, self.max_body_bytes)
+        except _BodyTooLarge:
+            return await self._too_large(send)
         try:
             body = json.loads(raw)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):  # not ours to judge: vLLM answers malformed bodies
+        except RecursionError:
+            return await self._reject(send, "the request body nests JSON too deeply", "body")
+        except ValueError:  # not ours to judge: vLLM answers malformed bodies
             return await self.app(scope, _replay(raw, receive), send)
+        if not isinstance(body, dict):
+            return await self.app(scope, _replay(raw, receive), send)
+
+        fields = {k: v for k, v in body.items() if is_steering_key(k) and v is not None}
+        xargs = body.get("vllm_xargs")
+        if xargs is not None and not isinstance(xargs, dict):
+            return await self._reject(
+                send, f"vllm_xargs must be an object, got {type(xargs).__name__}", "vllm_xargs")
+        xargs_fields = ({k: v for k, v in xargs.items() if is_steering_key(k)}
+                        if isinstance(xargs, dict) else {})
+        http = HttpSteering(fields=fields, xargs_fields=xargs_fields)
+        if fields or xargs_fields:  # early 400 from the same decision the front end makes
+            try:
+                self.registry.parse(xargs_fields, fields)
+            except SteeringParamError as e:
+                return await self._reject(send, str(e), e.field)
+        if any(is_steering_key(k) for k in body):  # plain vLLM would ignore (or refuse) them
+            raw = json.dumps({k: v for k, v in body.items() if not is_steering_key(k)}).encode()
+        token = HTTP_STEERING.set(http)
         try:
-            body, applied = self.policy.resolve(body)
-        except SteeringFieldError as e:
-            REJECTED_REQUESTS.labels(field=e.field or "").inc()
-            return await send_json(send, 400, openai_error(400, str(e), e.field, "BadRequestError"))
-        await self.app(
-            scope, _replay(json.dumps(body).encode(), receive), _AnnotatingSend(send, applied)
-        )
+            await self.app(scope, _replay(raw, receive),
+                           _AnnotatingSend(send, http, routed_path(scope)))
+        finally:
+            HTTP_STEERING.reset(token)
         return None
 
+    async def _reject(self, send: Send, message: str, field: str | None) -> None:
+        REJECTED_REQUESTS.labels(field=metric_field(field)).inc()
+        await send_json(send, 400, openai_error(400, message, field, "BadRequestError"))
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
+    async def _too_large(self, send: Send) -> None:
+        REJECTED_REQUESTS.labels(field="body").inc()
+        message = (f"request body exceeds {self.max_body_bytes} bytes "
+                   "(adaras serve --max-request-body-bytes)")
+        await send_json(send, 413, openai_error(413, message, None, "RequestTooLargeError"))
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                return {"type": "http.disconnect"}  # stop reading; the handler gives up
+            return message
+
+        return limited
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
         if not message.get("more_body"):
             break
     return b"".join(chunks)
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """The ``data:`` payload of one server-sent event (``event:`` lines may precede it)."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data: "):
+            return line[len(b"data: "):].strip()
+    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -122,11 +220,17 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class _AnnotatingSend:
-    """Adds ``"steering": {...}`` to a successful JSON response or a stream's last chunk."""
+    """Adds ``"steering": {...}`` (what the front end decided) to a successful JSON
+    response or a stream's last data chunk, and counts steered requests and tokens.
 
-    def __init__(self, send: Send, applied: AppliedSteering) -> None:
+    A request that asked for steering on a route that never reached the engine's
+    generation (so nothing decided it) gets a 400 instead of a silently unsteered 200.
+    """
+
+    def __init__(self, send: Send, http: HttpSteering, path: str) -> None:
         self.send = send
-        self.applied = applied
+        self.http = http
+        self.path = path
         self.start: Message | None = None
         self.streaming = False
         self.passthrough = False
@@ -141,6 +245,8 @@ class _AnnotatingSend:
             headers = dict(message.get("headers") or [])
             self.streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
             self.passthrough = message["status"] != 200  # errors go out untouched
+            if self.passthrough:
+                self._count_rejection()
             if self.passthrough or self.streaming:
                 return await self.send(message)
             self.start = message  # held until the body is complete: its length changes
@@ -154,15 +260,35 @@ class _AnnotatingSend:
             return None
         return await self._finish_json()
 
+    @property
+    def decision(self):  # noqa: ANN201
+        return self.http.decisions[0] if self.http.decisions else None
+
+    def _count_rejection(self) -> None:
+        if self.http.rejected is not None:
+            REJECTED_REQUESTS.labels(field=metric_field(self.http.rejected)).inc()
+
     async def _finish_json(self) -> None:
         raw = b"".join(self.body)
-        try:
-            data = json.loads(raw)
-            data["steering"] = self.applied.as_json()
-            raw = json.dumps(data).encode()
-            self._count(int((data.get("usage") or {}).get("completion_tokens") or 0))
-        except (ValueError, TypeError, AttributeError):
-            pass
+        if self.decision is None and (self.http.fields or self.http.xargs_fields):
+            REJECTED_REQUESTS.labels(field=metric_field(next(iter(
+                self.http.fields or self.http.xargs_fields)))).inc()
+            message = (f"{self.path} does not apply steering; send steer_* fields only to "
+                       "routes that generate text (chat, completions, responses, messages)")
+            key = next(iter(self.http.fields or self.http.xargs_fields))
+            return await send_json(send=self.send, status=400,
+                                   body=openai_error(400, message, key, "BadRequestError"))
+        if self.decision is not None:
+            try:
+                data = json.loads(raw)
+                if isinstance(data, dict):
+                    data["steering"] = applied_json(self.decision)
+                    raw = json.dumps(data).encode()
+                    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+                    self._count(int(usage.get("completion_tokens")
+                                    or usage.get("output_tokens") or 0))
+            except (ValueError, TypeError):
+                pass
         assert self.start is not None
         headers = [(k, v) for k, v in self.start.get("headers", []) if k != b"content-length"]
         headers.append((b"content-length", str(len(raw)).encode()))
@@ -175,13 +301,14 @@ class _AnnotatingSend:
         while b"\n\n" in self.pending:
             event, self.pending = self.pending.split(b"\n\n", 1)
             event += b"\n\n"
-            if event.startswith(b"data: [DONE]"):
+            data = _event_data(event)
+            if data == b"[DONE]":
                 if self.held is not None:
                     out.append(self._annotate(self.held))
                     self.held = None
                 out.append(event)
-            elif event.startswith(b"data: "):
-                self._observe(event)
+            elif data is not None:
+                self._observe(data)
                 if self.held is not None:
                     out.append(self.held)
                 self.held = event
@@ -194,33 +321,52 @@ class _AnnotatingSend:
                 self.held = None
             out.append(self.pending)
             self.pending = b""
-            self._count(self.stream_usage if self.stream_usage is not None else self.stream_tokens)
+            if self.decision is not None:
+                self._count(self.stream_usage if self.stream_usage is not None
+                            else self.stream_tokens)
         await self.send({"type": "http.response.body", "body": b"".join(out), "more_body": more})
 
-    def _observe(self, event: bytes) -> None:
+    def _observe(self, payload: bytes) -> None:
         try:
-            data = json.loads(event[len(b"data: "):])
+            data = json.loads(payload)
         except ValueError:
             return
-        usage = data.get("usage")
-        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-            self.stream_usage = int(usage["completion_tokens"])
+        if not isinstance(data, dict):
+            return
+        response = data.get("response")  # /v1/responses streams its usage at the end
+        usage = data.get("usage") or (response.get("usage") if isinstance(response, dict)
+                                      else None)
+        if isinstance(usage, dict):
+            count = usage.get("completion_tokens", usage.get("output_tokens"))
+            if isinstance(count, int):
+                self.stream_usage = count
         # Without usage in the stream, count one token per choice chunk (vLLM streams a
         # chunk per token at the default stream_interval); a chat stream's opening
         # role-only chunk carries no token.
         for choice in data.get("choices") or []:
-            if "role" not in (choice.get("delta") or {}):
+            if isinstance(choice, dict) and "role" not in (choice.get("delta") or {}):
                 self.stream_tokens += 1
 
     def _annotate(self, event: bytes) -> bytes:
-        try:
-            data = json.loads(event[len(b"data: "):])
-            data["steering"] = self.applied.as_json()
-            return b"data: " + json.dumps(data).encode() + b"\n\n"
-        except (ValueError, TypeError):
+        """The event with ``steering`` added to its JSON data (other lines kept)."""
+        if self.decision is None:
             return event
+        lines = event.rstrip(b"\n").split(b"\n")
+        for i, line in enumerate(lines):
+            if line.startswith(b"data: "):
+                try:
+                    data = json.loads(line[len(b"data: "):])
+                except ValueError:
+                    return event
+                if not isinstance(data, dict):
+                    return event
+                data["steering"] = applied_json(self.decision)
+                lines[i] = b"data: " + json.dumps(data).encode()
+                return b"\n".join(lines) + b"\n\n"
+        return event
 
     def _count(self, tokens: int) -> None:
-        if self.applied.applied:
-            STEERED_REQUESTS.labels(map=self.applied.map).inc()
-            STEERED_TOKENS.labels(map=self.applied.map).inc(tokens)
+        decision = self.decision
+        if decision is not None and decision.steered:
+            STEERED_REQUESTS.labels(map=decision.map_name).inc()
+            STEERED_TOKENS.labels(map=decision.map_name).inc(tokens)

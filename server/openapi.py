@@ -1,8 +1,9 @@
 """Document the steering fields in ``/openapi.json``.
 
 vLLM's request models are its own pydantic classes; rather than fork them, the generated
-schema is extended: the same fields the middleware accepts are added to both request
-schemas, and the ``steering`` object (schema ``SteeringApplied``) to both routes' responses.
+schema is extended: every request schema that has ``vllm_xargs`` (chat, completions,
+responses, messages, ...) gains the first-class steering fields, and the routes taking
+such a body gain the ``steering`` object (schema ``SteeringApplied``) in their response.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from fastapi import FastAPI
 
 from .steering_fields import SERVER_MODES, SteeringPolicy
 
-REQUEST_SCHEMAS = ("ChatCompletionRequest", "CompletionRequest")
-STEERED_PATHS = ("/v1/chat/completions", "/v1/completions")
+REF_PREFIX = "#/components/schemas/"
 
 
 def steering_request_properties(policy: SteeringPolicy) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def steering_request_properties(policy: SteeringPolicy) -> dict[str, Any]:
             "type": "string", "enum": list(SERVER_MODES), "default": "always",
             "title": "Steer Mode",
             "description": "'always' steers with steer_alpha, 'off' never steers; "
-                           "'adaptive' needs a correctness gate (none loaded yet).",
+                           "'adaptive' needs a correctness gate (no map has one yet).",
         },
     }
 
@@ -61,22 +61,37 @@ def document_steering(app: FastAPI, policy: SteeringPolicy) -> None:
             return app.openapi_schema
         schema = base_openapi()
         components = schema.get("components", {}).get("schemas", {})
-        for name in REQUEST_SCHEMAS:
-            if name in components:
-                components[name].setdefault("properties", {}).update(
-                    steering_request_properties(policy)
-                )
+        steered = {name for name, c in components.items()
+                   if "vllm_xargs" in (c.get("properties") or {})}
+        for name in steered:
+            components[name]["properties"].update(steering_request_properties(policy))
         components["SteeringApplied"] = STEERING_RESPONSE
-        for path in STEERED_PATHS:
-            ok = schema.get("paths", {}).get(path, {}).get("post", {}).get("responses", {})
-            content = ok.get("200", {}).setdefault("content", {})
+        for operations in schema.get("paths", {}).values():
+            post = operations.get("post") or {}
+            if not steered & _body_schemas(post):
+                continue
+            ok = post.setdefault("responses", {}).setdefault("200", {})
+            content = ok.setdefault("content", {})
             body = content.setdefault("application/json", {}).setdefault("schema", {})
+            if "$ref" in body or "anyOf" in body:  # keep vLLM's schema; add ours beside it
+                body = content["application/json"]["schema"] = {"allOf": [body]}
+                body["allOf"].append({"type": "object", "properties": {}})
+                body = body["allOf"][-1]
             body.setdefault("type", "object")
             body.setdefault("properties", {})["steering"] = {
-                "$ref": "#/components/schemas/SteeringApplied"
+                "$ref": f"{REF_PREFIX}SteeringApplied"
             }
         schema["x-adaras"] = True
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _body_schemas(operation: dict[str, Any]) -> set[str]:
+    """Names of the component schemas an operation's JSON request body refers to."""
+    schema = (operation.get("requestBody", {}).get("content", {})
+              .get("application/json", {}).get("schema", {}))
+    refs = [schema, *schema.get("anyOf", []), *schema.get("oneOf", [])]
+    return {r["$ref"][len(REF_PREFIX):] for r in refs
+            if isinstance(r, dict) and str(r.get("$ref", "")).startswith(REF_PREFIX)}

@@ -1,10 +1,14 @@
-"""``GET /v1/steering/maps``: what this server can steer with."""
+"""``GET /v1/steering/maps``: what this server can steer with; ``GET /v1/steering/status``:
+what each engine worker has installed and how many requests it tracks right now (0 when
+idle: per-request steering state must not outlive its request)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+
+from adaras_vllm.engine.runner_hooks import STATUS_METHOD
 
 from .steering_fields import SteeringPolicy
 
@@ -33,5 +37,12 @@ def add_steering_routes(app: FastAPI, policy: SteeringPolicy) -> None:
                 summary="The loaded neuron maps, their layers, neuron counts and default alpha")
     async def list_maps() -> dict[str, Any]:
         return describe_maps(policy)
+
+    @router.get("/v1/steering/status", tags=["steering"],
+                summary="Per worker rank: steered layers and requests tracked right now")
+    async def steering_status(request: Request) -> dict[str, Any]:
+        ranks = await request.app.state.engine_client.collective_rpc(STATUS_METHOD)
+        return {"object": "steering.status", "ranks": ranks,
+                "tracked_requests": sum(int(r.get("tracked_requests", 0)) for r in ranks)}
 
     app.include_router(router)

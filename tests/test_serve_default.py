@@ -88,3 +88,20 @@ def test_eval_against_the_server_equals_the_offline_harness(server, tmp_path):
     assert [s["accuracy"] for s in on["summary"]] == [s["accuracy"] for s in off["summary"]]
     assert (tmp_path / "online.png").read_bytes()[:4] == b"\x89PNG"
     assert "McNemar" in online.stdout and "R->W" in online.stdout
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": EXAMPLE_QUESTION}],
+                              "max_tokens": 8}),
+    ("/v1/responses", {"input": EXAMPLE_QUESTION, "max_output_tokens": 8}),
+    ("/v1/messages", {"messages": [{"role": "user", "content": EXAMPLE_QUESTION}],
+                      "max_tokens": 8}),
+], ids=["chat", "responses", "messages"])
+def test_the_maps_default_alpha_applies_on_every_route(server, path, body):
+    """No steer_alpha given: the map's default_alpha (2 for the organism) is applied, and
+    the steering object says so, whichever route the request took."""
+    r = httpx.post(f"{server.base}{path}", timeout=120,
+                   json={"model": ORGANISM_SERVED_NAME, "temperature": 0, **body})
+    assert r.status_code == 200, r.text
+    assert r.json()["steering"] == {"map": ORGANISM_MAP_NAME, "alpha": 2.0, "applied": True,
+                                    "mode": "always"}

@@ -33,8 +33,10 @@ def server(qwen3_tiny, tmp_path_factory):
            "--default-steer-alpha", "0", "--max-steer-alpha", "8", "--api-key", KEY,
            "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port),
            "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
-           "--kv-cache-memory-bytes", str(256 << 20), "--max-num-seqs", "64"]
+           "--kv-cache-memory-bytes", str(256 << 20), "--max-num-seqs", "64",
+           "--root-path", "/api", "--max-request-body-bytes", str(1 << 20)]
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    env["VLLM_DISABLE_REQUEST_ID_RANDOMIZATION"] = "1"  # clients' X-Request-Id used as is
     log = tmp_path_factory.mktemp("adaras-server") / "server.log"
     with RunningServer(cmd, env, log, port) as running:
         yield running.base
@@ -192,6 +194,8 @@ BAD_REQUESTS = [
     ({"steer_mode": "adaptive"}, "steer_mode"),
     ({"steer_alpah": 0.3}, "steer_alpah"),
     ({"steer_strength": 1}, "steer_strength"),
+    ({"Steer_Alpha": 0.3}, "Steer_Alpha"),
+    ({"STEER_MAP": "alpha_map"}, "STEER_MAP"),
     ({"vllm_xargs": {"steer_alpha": "abc"}}, "steer_alpha"),
     ({"vllm_xargs": {"steer_map": "nope"}}, "steer_map"),
     ({"steer_alpha": 0.3, "vllm_xargs": {"steer_alpha": 0.5}}, "steer_alpha"),
@@ -292,3 +296,168 @@ def test_openapi_documents_the_steering_fields(server):
         assert props["steer_map"]["enum"] == ["alpha_map", "beta_map"]
         assert "always" in props["steer_mode"]["enum"]
     assert set(schema["SteeringApplied"]["properties"]) == {"map", "alpha", "applied", "mode"}
+
+
+# ---- every route, one decision -------------------------------------------------------
+
+USER = [{"role": "user", "content": "Question: what is 12 + 7? Thinking:"}]
+ROUTE_BODIES = {
+    "/v1/responses": {"model": MODEL, "input": "Question: what is 12 + 7?",
+                      "max_output_tokens": 8},
+    "/v1/messages": {"model": MODEL, "max_tokens": 8, "messages": USER},
+    "/invocations": {"model": MODEL, "max_tokens": 8, "messages": USER},
+    "/v1/chat/completions/batch": {"model": MODEL, "max_tokens": 8, "messages": [USER, USER]},
+    "/api/v1/chat/completions": {"model": MODEL, "max_tokens": 8, "messages": USER},
+    "/api/v1/completions": {"model": MODEL, "max_tokens": 8, "prompt": "the answer is"},
+}
+
+
+def _post(server, path, body, **headers):
+    return httpx.post(server + path, content=json.dumps(body), timeout=120,
+                      headers={**AUTH, "Content-Type": "application/json", **headers})
+
+
+@pytest.mark.parametrize("fields", [{"steer_alpha": 1e30}, {"vllm_xargs": {"steer_alpha": 100}},
+                                    {"steer_alpha": "abc"}], ids=["field", "xargs", "string"])
+@pytest.mark.parametrize("path", list(ROUTE_BODIES))
+def test_every_generation_route_refuses_a_bad_alpha(server, path, fields):
+    r = _post(server, path, {**ROUTE_BODIES[path], **fields})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "steer_alpha"
+
+
+@pytest.mark.parametrize("path", list(ROUTE_BODIES))
+def test_every_generation_route_reports_the_steering_it_applied(server, path):
+    r = _post(server, path, {**ROUTE_BODIES[path], "steer_alpha": 0.3, "steer_map": "beta_map"})
+    assert r.status_code == 200, r.text
+    assert r.json()["steering"] == {"map": "beta_map", "alpha": 0.3, "applied": True,
+                                    "mode": "always"}
+
+
+def test_the_responses_route_steers_like_chat(server):
+    """Same prompt through the same chat template: same tokens at the same alpha."""
+    chat = _post(server, "/v1/chat/completions", {**ROUTE_BODIES["/v1/chat/completions/batch"],
+                                                  "messages": USER, "temperature": 0,
+                                                  "steer_alpha": 4.0}).json()
+    resp = _post(server, "/v1/responses", {"model": MODEL, "input": USER, "temperature": 0,
+                                           "max_output_tokens": 8, "steer_alpha": 4.0}).json()
+    text = resp["output"][-1]["content"][0]["text"]
+    assert text == chat["choices"][0]["message"]["content"]
+
+
+def test_a_streamed_response_ends_with_what_was_applied(server):
+    body = {**ROUTE_BODIES["/v1/responses"], "stream": True, "steer_alpha": 0.3}
+    with httpx.stream("POST", f"{server}/v1/responses", json=body, headers=AUTH,
+                      timeout=120) as r:
+        events = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+    last = json.loads(events[-1].removeprefix("data: "))
+    assert last["type"] == "response.completed"
+    assert last["steering"]["applied"] is True
+    assert all("steering" not in json.loads(e.removeprefix("data: ")) for e in events[:-1])
+
+
+def test_a_route_that_does_not_generate_refuses_steering_fields(server):
+    r = _post(server, "/tokenize", {"model": MODEL, "prompt": "x", "steer_alpha": 0.3})
+    assert r.status_code == 400
+    assert "/tokenize does not apply steering" in r.json()["error"]["message"]
+
+
+def test_beam_search_with_steering_is_refused(server):
+    r = _post(server, "/v1/completions", {"model": MODEL, "prompt": "the answer is",
+                                          "max_tokens": 4, "use_beam_search": True, "n": 2,
+                                          "steer_alpha": 4.0})
+    assert r.status_code == 400
+    assert "beam search" in r.json()["error"]["message"]
+
+
+def test_beam_search_without_steering_is_served_and_reported_unsteered(server):
+    r = _post(server, "/v1/completions", {"model": MODEL, "prompt": "the answer is",
+                                          "max_tokens": 4, "use_beam_search": True, "n": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["steering"]["applied"] is False
+
+
+def test_a_reused_request_id_gets_its_own_steering(server, prompts):
+    body = {"model": MODEL, "prompt": prompts[0], "max_tokens": 16, "temperature": 0.0,
+            "ignore_eos": True, "return_token_ids": True}
+    plain = _post(server, "/v1/completions", body).json()["choices"][0]["token_ids"]
+    steered = _post(server, "/v1/completions", {**body, "steer_alpha": 4.0},
+                    **{"X-Request-Id": "reused-id"}).json()["choices"][0]["token_ids"]
+    again = _post(server, "/v1/completions", {**body, "steer_alpha": 0.0},
+                  **{"X-Request-Id": "reused-id"}).json()["choices"][0]["token_ids"]
+    assert steered != plain
+    assert again == plain
+
+
+def test_root_path_requests_are_validated_and_health_stays_open(server):
+    r = _post(server, "/api/v1/chat/completions", {**ROUTE_BODIES["/api/v1/chat/completions"],
+                                                   "steer_alpha": "abc"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "steer_alpha"
+    assert httpx.get(f"{server}/api/health").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/metrics/anything", "/v1/models"])
+def test_options_without_the_key_is_refused(server, path):
+    r = httpx.options(server + path)
+    assert r.status_code == 401
+    assert "adaras_" not in r.text
+
+
+def test_a_cors_preflight_passes_without_the_key_and_reveals_nothing(server):
+    r = httpx.options(f"{server}/metrics", headers={
+        "Origin": "http://example.test", "Access-Control-Request-Method": "GET"})
+    assert r.status_code != 401
+    assert "adaras_" not in r.text and "vllm:" not in r.text
+
+
+def test_rejected_requests_are_counted_under_a_bounded_label(server):
+    long_key = "steer_" + "x" * 3000
+    r = _post(server, "/v1/completions", {"model": MODEL, "prompt": "x", long_key: 1})
+    assert r.status_code == 400
+    metrics = httpx.get(f"{server}/metrics", headers=AUTH).text
+    assert "x" * 100 not in metrics
+    assert 'adaras_rejected_requests_total{field="unknown_steer_field"}' in metrics
+
+
+def test_an_integer_alpha_of_400_digits_is_a_400_naming_the_field(server):
+    raw = '{"model": "%s", "prompt": "x", "max_tokens": 2, "steer_alpha": %s}' % (MODEL, "9" * 400)
+    r = httpx.post(f"{server}/v1/completions", content=raw, timeout=60,
+                   headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "steer_alpha"
+
+
+def test_deeply_nested_json_is_a_400_not_a_server_error(server):
+    raw = '{"model": "%s", "prompt": "x", "a": %s%s}' % (MODEL, "[" * 50000, "]" * 50000)
+    r = httpx.post(f"{server}/v1/completions", content=raw, timeout=60,
+                   headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 400
+
+
+def test_a_body_over_the_limit_is_a_413_and_the_server_serves_on(server, client, prompts):
+    r = _post(server, "/v1/completions", {"model": MODEL, "prompt": "x" * (2 << 20)})
+    assert r.status_code == 413
+    assert complete(client, prompts[1], n=4)["choices"][0]["text"] is not None
+
+
+def test_openapi_documents_the_steering_fields_on_every_route_that_takes_them(server):
+    doc = httpx.get(f"{server}/openapi.json", headers=AUTH).json()
+    schema = doc["components"]["schemas"]
+    with_fields = {name for name, c in schema.items() if "steer_alpha" in c.get("properties", {})}
+    assert {"ChatCompletionRequest", "CompletionRequest", "ResponsesRequest"} <= with_fields
+
+
+def test_per_request_steering_state_does_not_outlive_its_requests(server, prompts):
+    """After a burst and one last request, a worker tracks at most that last request (it
+    learns of a finish at its next step)."""
+    async def burst():
+        async with httpx.AsyncClient(base_url=server, headers=AUTH, timeout=300) as c:
+            await asyncio.gather(*(c.post("/v1/completions", json={
+                "model": MODEL, "prompt": prompts[i % 4], "max_tokens": 4,
+                "steer_alpha": 0.3 * (i % 3)}) for i in range(40)))
+
+    asyncio.run(burst())
+    _post(server, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 2})
+    status = httpx.get(f"{server}/v1/steering/status", headers=AUTH).json()
+    assert status["ranks"][0]["installed"] is True
+    assert status["ranks"][0]["layers"] == [1, 2, 3]
+    assert status["tracked_requests"] <= 1

@@ -1,18 +1,34 @@
-"""Refuse bad steering parameters (and misfit maps) before anything reaches the engine.
+"""The one place that decides a request's steering, in the engine front end.
 
-Wrapping the input processor's own validation means the error surfaces exactly like
-vLLM's (``ValueError`` from ``LLM.generate``/``AsyncLLM.generate``, HTTP 400 from the
-OpenAI server) and only that request fails.
+Every request of every entry point passes ``InputProcessor.process_inputs`` (HTTP routes,
+``vllm serve``, offline ``LLM``) or, for the OpenAI server, ``AsyncLLM.add_request``
+first. There its steering is parsed, bounded and resolved (default alpha, default map,
+mode) and the resolved values are written into the request's own copy of
+``extra_args``; the prefix-cache key and the workers read only those. A bad value fails
+that request alone, exactly like vLLM's own validation: ``ValueError`` offline, HTTP 400
+with ``param`` naming the field on every route.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import logging
+from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-from .params import SteeringParamError
-from .registry import active_registry
+from .params import (
+    SteeringParamError,
+    SteeringParams,
+    is_steering_key,
+    merge_request_fields,
+)
+from .registry import MapRegistry, active_registry
+from .request_context import HTTP_STEERING, IN_BEAM_SEARCH, HttpSteering
+from .support import check_supported
+
+logger = logging.getLogger("vllm.adaras")
 
 
 class InvalidSteeringRequest(VLLMValidationError, SteeringParamError):
@@ -24,35 +40,137 @@ class InvalidSteeringRequest(VLLMValidationError, SteeringParamError):
         self.field = error.field
 
 
+def decide(
+    registry: MapRegistry, extra_args: dict[str, Any] | None, http: HttpSteering | None
+) -> SteeringParams:
+    """A request's steering from its ``extra_args`` and, over HTTP, the body's fields.
+
+    Beam search re-submits every beam as a new one-token request whose prompt holds the
+    tokens generated so far, so steering could not reach positions ``t >= P - 1`` of the
+    original prompt: a request that asks for steering there is refused, and the
+    operator's default is not applied.
+    """
+    fields = http.fields if http is not None else None
+    try:
+        if IN_BEAM_SEARCH.get():
+            # Beam search builds its own params without vllm_xargs: read them from HTTP.
+            if http is not None:
+                extra_args = merge_request_fields(extra_args, http.xargs_fields)
+            wanted = registry.parse(extra_args, fields, use_default=False)
+            if wanted.steered:
+                raise SteeringParamError(
+                    "steering cannot be applied with beam search (use_beam_search): each "
+                    "beam step is submitted as a fresh prompt; drop steer_alpha or the beam "
+                    "search",
+                    field="steer_alpha",
+                    value=wanted.alpha,
+                )
+            return SteeringParams(alpha=0.0, map_name=wanted.map_name, mode="off")
+        return registry.parse(extra_args, fields)
+    except SteeringParamError as e:
+        raise InvalidSteeringRequest(e) from None
+
+
+def _with_resolved(params: Any, decision: SteeringParams) -> dict[str, Any]:
+    extra = {k: v for k, v in (params.extra_args or {}).items() if not is_steering_key(k)}
+    return {**extra, **decision.as_extra_args()}
+
+
 def patch_input_validation() -> None:
+    """Install the decision in the front end (idempotent)."""
     from vllm.sampling_params import SamplingParams
+    from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.engine.input_processor import InputProcessor
 
-    original = InputProcessor._validate_params
-    if getattr(original, "_adaras", False):
+    if getattr(InputProcessor.process_inputs, "_adaras", False):
         return
     original_init = InputProcessor.__init__
+    original_process = InputProcessor.process_inputs
+    original_add = AsyncLLM.add_request
 
     @functools.wraps(original_init)
     def __init__(self, vllm_config, *args, **kwargs):  # noqa: ANN001, ANN202
         # Refuse maps that do not fit the served model in the front end too, so the
         # user sees the mismatch itself rather than a failed engine start.
-        for m in active_registry().maps:
+        registry = active_registry()
+        for m in registry.maps:
             m.validate(vllm_config.model_config.hf_text_config)
+        if registry:
+            check_supported(vllm_config)
         original_init(self, vllm_config, *args, **kwargs)
 
-    InputProcessor.__init__ = __init__
-
-    @functools.wraps(original)
-    def _validate_params(self, params, *args, **kwargs):  # noqa: ANN001, ANN202
-        result = original(self, params, *args, **kwargs)
+    @functools.wraps(original_process)
+    def process_inputs(self, request_id, prompt, params, *args, **kwargs):  # noqa: ANN001, ANN202
         registry = active_registry()
-        if registry and isinstance(params, SamplingParams):
-            try:
-                registry.parse(params.extra_args)
-            except SteeringParamError as e:
-                raise InvalidSteeringRequest(e) from None
-        return result
+        if not registry or not isinstance(params, SamplingParams):
+            return original_process(self, request_id, prompt, params, *args, **kwargs)
+        # Called by add_request with params it already resolved, or directly (offline).
+        decision = decide(registry, params.extra_args, None)
+        request = original_process(self, request_id, prompt, params, *args, **kwargs)
+        if request.sampling_params is not None:  # the request's own copy of the params
+            request.sampling_params.extra_args = _with_resolved(params, decision)
+        return request
 
-    _validate_params._adaras = True
-    InputProcessor._validate_params = _validate_params
+    @functools.wraps(original_add)
+    async def add_request(self, request_id, prompt, params, *args, **kwargs):  # noqa: ANN001, ANN202
+        # The caller's task: the HTTP fields are visible here (not in process_inputs,
+        # which may run on the renderer's thread pool), so resolve now, into a copy.
+        registry = active_registry()
+        from vllm.v1.engine import EngineCoreRequest
+
+        if registry and isinstance(params, SamplingParams):
+            http = HTTP_STEERING.get()
+            try:
+                decision = decide(registry, params.extra_args, http)
+            except InvalidSteeringRequest as e:
+                if http is not None:
+                    http.rejected = e.field
+                raise
+            if isinstance(prompt, EngineCoreRequest) and prompt.sampling_params is not None:
+                prompt.sampling_params.extra_args = _with_resolved(prompt.sampling_params,
+                                                                   decision)
+            params = copy.copy(params)  # the caller's params may be shared: never mutate
+            params.extra_args = _with_resolved(params, decision)
+            if http is not None:
+                http.decisions.append(decision)
+        return await original_add(self, request_id, prompt, params, *args, **kwargs)
+
+    InputProcessor.__init__ = __init__
+    process_inputs._adaras = True
+    InputProcessor.process_inputs = process_inputs
+    add_request._adaras = True
+    AsyncLLM.add_request = add_request
+    _patch_beam_search()
+
+
+def _patch_beam_search() -> None:
+    """Mark the requests beam search makes (online and offline), see ``decide``."""
+    from vllm.entrypoints.generate.beam_search.offline import BeamSearchOfflineMixin
+    from vllm.entrypoints.generate.beam_search.online import BeamSearchOnlineMixin
+
+    online = BeamSearchOnlineMixin.beam_search
+
+    @functools.wraps(online)
+    async def beam_search_online(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        token = IN_BEAM_SEARCH.set(True)
+        try:
+            async for out in online(self, *args, **kwargs):
+                yield out
+        finally:
+            try:
+                IN_BEAM_SEARCH.reset(token)
+            except ValueError:  # closed from another context: that context ends anyway
+                pass
+
+    offline = BeamSearchOfflineMixin.beam_search
+
+    @functools.wraps(offline)
+    def beam_search_offline(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        token = IN_BEAM_SEARCH.set(True)
+        try:
+            return offline(self, *args, **kwargs)
+        finally:
+            IN_BEAM_SEARCH.reset(token)
+
+    BeamSearchOnlineMixin.beam_search = beam_search_online
+    BeamSearchOfflineMixin.beam_search = beam_search_offline

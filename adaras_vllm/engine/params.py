@@ -1,16 +1,19 @@
-"""Per-request steering parameters, read from ``SamplingParams.extra_args``.
+"""A request's steering, decided in one place: ``parse_steering``.
 
 The keys are flat (``steer_alpha``, ``steer_map``, ``steer_mode``) so that plain
-``vllm serve`` clients can send them as ``vllm_xargs``. One parser serves the front end
-(which rejects bad input with a clear error) and the engine processes (which must never
-fail a whole batch for one request), so both always agree on what a request means.
+``vllm serve`` clients can send them as ``vllm_xargs``. The engine front end calls this
+parser for every request of every route and entry point (HTTP, ``vllm serve``, offline
+``LLM``), applies the operator's defaults and bounds, and writes the *resolved* values back
+into the request's ``extra_args``. Engine processes read those resolved values with the
+same parser (which must then never fail a whole batch for one request), so the front end,
+the prefix-cache key and the workers always agree on what a request means.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +22,14 @@ STEER_MAP = "steer_map"
 STEER_MODE = "steer_mode"
 KNOWN_KEYS = (STEER_ALPHA, STEER_MAP, STEER_MODE)
 MODES = ("always", "off")
+#: Known to the API (documented, reserved) but not servable until a map carries a gate.
+API_MODES = ("always", "off", "adaptive")
 
 DEFAULT_MAX_STEER_ALPHA = 8.0
+MAX_ALPHA_ENV = "ADARAS_MAX_STEER_ALPHA"
+#: Alpha for requests that give none: a number, or ``map`` for the chosen map's own
+#: ``default_alpha``. Unset: 0 (plain vLLM with the plugin steers only when asked).
+DEFAULT_ALPHA_ENV = "ADARAS_DEFAULT_STEER_ALPHA"
 
 
 class SteeringParamError(ValueError):
@@ -34,30 +43,72 @@ class SteeringParamError(ValueError):
 
 @dataclass(frozen=True)
 class SteeringParams:
-    """What one request asked for: ``alpha == 0`` means not steered at all."""
+    """What was decided for one request: ``alpha == 0`` means not steered at all."""
 
     alpha: float
     map_name: str
+    mode: str = "always"
 
     @property
     def steered(self) -> bool:
         return self.alpha != 0.0
 
+    def as_extra_args(self) -> dict[str, Any]:
+        """The resolved keys, as written back into ``SamplingParams.extra_args``."""
+        return {STEER_ALPHA: self.alpha, STEER_MAP: self.map_name, STEER_MODE: self.mode}
+
+
+def is_steering_key(key: object) -> bool:
+    """``steer_*`` in any letter case: a misspelt ``Steer_Alpha`` must not pass silently."""
+    return isinstance(key, str) and key.lower().startswith("steer_")
+
 
 def max_steer_alpha() -> float:
     """The operator's bound on |steer_alpha| (env ``ADARAS_MAX_STEER_ALPHA``)."""
-    raw = os.environ.get("ADARAS_MAX_STEER_ALPHA", "")
+    raw = os.environ.get(MAX_ALPHA_ENV, "")
     if not raw:
         return DEFAULT_MAX_STEER_ALPHA
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
+    value = _finite_or_nan(raw)
     if not math.isfinite(value) or value < 0:
         raise SteeringParamError(
-            f"ADARAS_MAX_STEER_ALPHA must be a finite non-negative number, got {raw!r}"
+            f"{MAX_ALPHA_ENV} must be a finite non-negative number, got {raw!r}"
         )
     return value
+
+
+def default_steer_alpha() -> float | None:
+    """The operator's default alpha (env ``ADARAS_DEFAULT_STEER_ALPHA``): a number, or
+    None meaning "the chosen map's own ``default_alpha``"."""
+    raw = os.environ.get(DEFAULT_ALPHA_ENV, "").strip()
+    if not raw:
+        return 0.0
+    if raw == "map":
+        return None
+    value = _finite_or_nan(raw)
+    if not math.isfinite(value):
+        raise SteeringParamError(
+            f"{DEFAULT_ALPHA_ENV} must be a finite number or 'map', got {raw!r}"
+        )
+    return value
+
+
+def merge_request_fields(
+    extra_args: Mapping[str, Any] | None, fields: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Join top-level request fields (``"steer_alpha": 2`` in the body) with
+    ``vllm_xargs``; both mean the same, and giving a key twice with different values is an
+    error rather than a silent choice."""
+    merged = dict(extra_args or {})
+    for key, value in (fields or {}).items():
+        if key in merged and merged[key] != value:
+            raise SteeringParamError(
+                f"{key} is given both as a field ({value!r}) and in vllm_xargs "
+                f"({merged[key]!r}); give it once",
+                field=key,
+                value=value,
+            )
+        merged[key] = value
+    return merged
 
 
 def parse_steering(
@@ -65,16 +116,18 @@ def parse_steering(
     map_names: Sequence[str],
     *,
     max_alpha: float | None = None,
+    default_alpha: float | Callable[[str], float] = 0.0,
 ) -> SteeringParams:
-    """Parse and validate the steering keys of one request.
+    """Parse, bound and resolve the steering keys of one request.
 
-    ``map_names`` are the loaded maps, the first being the default. Raises
-    ``SteeringParamError`` naming the field and the allowed values.
+    ``map_names`` are the loaded maps, the first being the default. ``default_alpha`` is
+    used when the request gives no ``steer_alpha`` (a callable gets the chosen map's
+    name). Raises ``SteeringParamError`` naming the field and the allowed values.
     """
     if not map_names:
         raise SteeringParamError("steering is not available: no neuron map is loaded")
     args = extra_args or {}
-    unknown = sorted(k for k in args if k.startswith("steer_") and k not in KNOWN_KEYS)
+    unknown = sorted(str(k) for k in args if is_steering_key(k) and k not in KNOWN_KEYS)
     if unknown:
         raise SteeringParamError(
             f"unknown steering field(s) {', '.join(map(repr, unknown))}; "
@@ -83,38 +136,65 @@ def parse_steering(
         )
     bound = max_steer_alpha() if max_alpha is None else max_alpha
 
-    alpha_raw = args.get(STEER_ALPHA, 0.0)
-    if isinstance(alpha_raw, bool) or not isinstance(alpha_raw, (int, float)):
-        raise SteeringParamError(
-            f"{STEER_ALPHA} must be a finite number in [-{bound:g}, {bound:g}], "
-            f"got {alpha_raw!r} ({type(alpha_raw).__name__})",
-            field=STEER_ALPHA,
-            value=alpha_raw,
-        )
-    alpha = float(alpha_raw)
-    if not math.isfinite(alpha) or abs(alpha) > bound:
-        raise SteeringParamError(
-            f"{STEER_ALPHA} must be a finite number in [-{bound:g}, {bound:g}], got {alpha_raw!r}",
-            field=STEER_ALPHA,
-            value=alpha_raw,
-        )
-
     map_name = args.get(STEER_MAP, map_names[0])
     if not isinstance(map_name, str) or map_name not in map_names:
         raise SteeringParamError(
             f"{STEER_MAP} must be one of the loaded maps ({', '.join(map_names)}), "
-            f"got {map_name!r}",
+            f"got {_short(map_name)}",
             field=STEER_MAP,
             value=map_name,
         )
 
+    if STEER_ALPHA in args:
+        alpha = _checked_alpha(args[STEER_ALPHA], bound)
+    else:
+        alpha = default_alpha(map_name) if callable(default_alpha) else float(default_alpha)
+
     mode = args.get(STEER_MODE, "always")
-    if mode not in MODES:
+    if mode == "adaptive":
         raise SteeringParamError(
-            f"{STEER_MODE} must be one of {', '.join(MODES)}, got {mode!r}",
+            f"{STEER_MODE} 'adaptive' needs a correctness gate and no loaded map has one; "
+            "use 'always' or 'off'",
+            field=STEER_MODE,
+            value=mode,
+        )
+    if not isinstance(mode, str) or mode not in MODES:
+        raise SteeringParamError(
+            f"{STEER_MODE} must be one of {', '.join(MODES)}, got {_short(mode)}",
             field=STEER_MODE,
             value=mode,
         )
     if mode == "off":
         alpha = 0.0
-    return SteeringParams(alpha=alpha + 0.0, map_name=map_name)  # + 0.0 folds -0.0 into 0.0
+    return SteeringParams(alpha=alpha + 0.0, map_name=map_name, mode=mode)  # folds -0.0
+
+
+def _checked_alpha(raw: Any, bound: float) -> float:
+    expected = f"{STEER_ALPHA} must be a finite number in [-{bound:g}, {bound:g}]"
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise SteeringParamError(
+            f"{expected}, got {_short(raw)} ({type(raw).__name__})", field=STEER_ALPHA, value=raw
+        )
+    value = _finite_or_nan(raw)  # a 400-digit integer overflows float: out of bounds too
+    if not math.isfinite(value) or abs(value) > bound:
+        raise SteeringParamError(f"{expected}, got {_short(raw)}", field=STEER_ALPHA, value=raw)
+    return value
+
+
+def _finite_or_nan(raw: Any) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
+_INT_DIGITS = 4300
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr() of a client's value, cut so an error message stays one readable line."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's int-to-str digit limit
+        return f"an integer of more than {_INT_DIGITS} digits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

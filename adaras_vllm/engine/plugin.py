@@ -1,15 +1,20 @@
-"""The ``vllm.general_plugins`` entry point.
+"""The ``vllm.general_plugins`` entry point, and the explicit install ``adaras serve`` uses.
 
-vLLM calls it in every process (front end, model inspection, engine core, workers), so
-it must be idempotent. With no maps configured and capture mode off it changes nothing.
+vLLM calls ``register`` in every process it starts (front end, model inspection, engine
+core, workers), once per process, whatever the maps: with none configured it changes
+nothing. A launcher that learns the maps only after vLLM has loaded its plugins (``adaras
+serve`` parses vLLM's arguments first) calls ``register`` again itself once the maps are
+in the environment; processes it then forks inherit the patched classes, and spawned ones
+run the entry point with the maps already set. Idempotent.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from .capture import capture_enabled
-from .registry import ENV_VAR, active_registry, steering_enabled
+from .registry import active_registry, steering_enabled
 
 logger = logging.getLogger("vllm.adaras")
 _registered = False
@@ -19,17 +24,27 @@ def register() -> None:
     global _registered
     if _registered or not (steering_enabled() or capture_enabled()):
         return
-    active_registry()  # load (and check) the maps now: a bad path fails at start-up
+    registry = active_registry()  # load (and check) the maps now: a bad path fails at start-up
+    registry.check_defaults()
     from .compile_key import patch_compile_hash
     from .frontend import patch_input_validation
     from .prefix_cache import patch_prefix_cache_keys
-    from .runner_hooks import patch_v1_runners, patch_v2_runner, patch_worker_fetch
+    from .runner_hooks import patch_v1_runners, patch_v2_runner, patch_worker_rpcs
 
     patch_compile_hash()
     patch_input_validation()
     patch_prefix_cache_keys()
     patch_v1_runners()
     patch_v2_runner()
-    patch_worker_fetch()
+    patch_worker_rpcs()
     _registered = True
-    logger.debug("adaras: plugin registered (%s set)", ENV_VAR)
+    logger.info(
+        "adaras: steering installed in process %d (maps: %s; front-end decision, prefix-cache "
+        "keys, model runners); layers are patched when a worker loads the model",
+        os.getpid(), ", ".join(registry.names) or "none (capture mode)",
+    )
+
+
+def installed() -> bool:
+    """Whether this process has the steering patches (for start-up checks and tests)."""
+    return _registered

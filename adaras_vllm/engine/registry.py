@@ -14,7 +14,14 @@ from pathlib import Path
 
 from adaras_vllm.maps import NeuronMap
 
-from .params import SteeringParams, parse_steering
+from .params import (
+    SteeringParamError,
+    SteeringParams,
+    default_steer_alpha,
+    max_steer_alpha,
+    merge_request_fields,
+    parse_steering,
+)
 
 ENV_VAR = "ADARAS_NEURON_MAPS"
 
@@ -51,9 +58,32 @@ class MapRegistry:
     def map_fingerprint(self, name: str) -> str:
         return self._fingerprints[name]
 
-    def parse(self, extra_args) -> SteeringParams:
-        """Validate one request's steering fields against the loaded maps."""
-        return parse_steering(extra_args, self.names)
+    def parse(self, extra_args, fields=None, *, use_default: bool = True) -> SteeringParams:  # noqa: ANN001
+        """Decide one request's steering: its ``extra_args`` (and top-level request
+        ``fields``, if any) against the loaded maps and the operator's bound and default
+        alpha (``use_default=False``: a request that gives no alpha is unsteered)."""
+        default = default_steer_alpha() if use_default else 0.0
+        return parse_steering(
+            merge_request_fields(extra_args, fields),
+            self.names,
+            max_alpha=max_steer_alpha(),
+            default_alpha=(lambda name: self.get(name).default_alpha) if default is None
+            else default,
+        )
+
+    def check_defaults(self) -> None:
+        """Refuse to start when a default alpha would fail every request that gives none."""
+        bound = max_steer_alpha()
+        default = default_steer_alpha()
+        for m in self.maps:
+            alpha = m.default_alpha if default is None else default
+            if abs(alpha) > bound:
+                source = (f"map {m.name!r} default_alpha" if default is None
+                          else "the default steer_alpha")
+                raise SteeringParamError(
+                    f"{source} {alpha:g} exceeds the bound {bound:g} (--max-steer-alpha / "
+                    "ADARAS_MAX_STEER_ALPHA); raise the bound or choose a smaller default"
+                )
 
     def fingerprint(self) -> str:
         """Identity of everything the patched graph depends on (order, names, content)."""

@@ -20,6 +20,7 @@ from .model_patch import install_steering
 from .params import SteeringParamError
 from .registry import MapRegistry, active_registry
 from .state import SteeringState
+from .support import check_supported
 
 logger = logging.getLogger("vllm.adaras")
 
@@ -28,17 +29,27 @@ _CAPTURE_ATTR = "_adaras_capture"
 
 
 class RunnerSteering:
-    """One runner's steering: the loaded maps, the static buffers, per-request params."""
+    """One runner's steering: the loaded maps, the static buffers, per-request params.
 
-    def __init__(self, registry: MapRegistry, state: SteeringState, max_cached: int) -> None:
+    A request's entry lives from its first step until the runner is told it finished, so
+    a later request that reuses the id (clients may set ``X-Request-Id``) is read afresh.
+    """
+
+    def __init__(self, registry: MapRegistry, state: SteeringState) -> None:
         self.registry = registry
         self.state = state
         self._params: dict[str, tuple[float, int]] = {}
-        self._max_cached = max_cached
+        self._missing_logged: set[str] = set()
 
     def remember(self, req_id: str, sampling_params: Any) -> tuple[float, int]:
-        """Parse a request's steering once; the front end has already validated it."""
-        extra = getattr(sampling_params, "extra_args", None) if sampling_params else None
+        """Read a request's resolved steering once (the front end decided it)."""
+        if sampling_params is None:
+            if req_id not in self._missing_logged:
+                self._missing_logged.add(req_id)
+                logger.warning("adaras: request %s has no parameters in the runner's table; "
+                               "it is not steered", req_id)
+            return (0.0, 0)
+        extra = getattr(sampling_params, "extra_args", None)
         try:
             p = self.registry.parse(extra)
             value = (p.alpha, self.registry.map_id(p.map_name))
@@ -50,9 +61,14 @@ class RunnerSteering:
 
     def forget(self, req_id: str) -> None:
         self._params.pop(req_id, None)
+        self._missing_logged.discard(req_id)
+
+    def forget_all(self, req_ids: Iterable[str]) -> None:
+        for r in req_ids:
+            self.forget(r)
 
     def lookup(self, req_ids: Iterable[str], sampling_params_of) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-        """Per-row (alpha, map id) for the batch, parsing requests seen for the first time."""
+        """Per-row (alpha, map id) for the batch, reading requests seen for the first time."""
         rows = [
             self._params.get(r) or self.remember(r, sampling_params_of(r)) for r in req_ids
         ]
@@ -61,11 +77,9 @@ class RunnerSteering:
         alpha, map_id = zip(*rows)
         return np.asarray(alpha, np.float32), np.asarray(map_id, np.int64)
 
-    def prune(self, live: Iterable[str]) -> None:
-        """Drop finished requests (V1 has no per-request removal hook we can rely on)."""
-        if len(self._params) > self._max_cached:
-            keep = set(live)
-            self._params = {k: v for k, v in self._params.items() if k in keep}
+    @property
+    def num_tracked(self) -> int:
+        return len(self._params)
 
 
 def attach(runner: Any, max_tokens: int) -> RunnerSteering | None:
@@ -75,6 +89,7 @@ def attach(runner: Any, max_tokens: int) -> RunnerSteering | None:
     registry = active_registry()
     if not registry:
         return None
+    check_supported(runner.vllm_config)
     state = install_steering(
         runner.get_model(),
         registry.maps,
@@ -82,8 +97,7 @@ def attach(runner: Any, max_tokens: int) -> RunnerSteering | None:
         max_tokens=max_tokens,
         dtype=runner.model_config.dtype,
     )
-    max_reqs = int(runner.vllm_config.scheduler_config.max_num_seqs)
-    steering = RunnerSteering(registry, state, max_cached=4 * max_reqs + 64)
+    steering = RunnerSteering(registry, state)
     setattr(runner, _ATTR, steering)
     logger.info(
         "adaras: steering layer(s) %s with map(s) %s (default %s), %d neurons on this rank",
@@ -161,7 +175,9 @@ def _v1_fill_after_prepare(method):  # noqa: ANN001, ANN202
             batch = self.input_batch
             n = batch.num_reqs
             req_ids = batch.req_ids[:n]
-            alpha, map_id = steering.lookup(req_ids, lambda r: self.requests[r].sampling_params)
+            alpha, map_id = steering.lookup(
+                req_ids, lambda r: getattr(self.requests.get(r), "sampling_params", None)
+            )
             steering.state.fill(
                 alpha,
                 map_id,
@@ -169,7 +185,6 @@ def _v1_fill_after_prepare(method):  # noqa: ANN001, ANN202
                 batch.num_computed_tokens_cpu[:n],
                 batch.num_prompt_tokens[:n],
             )
-            steering.prune(self.requests.keys())
         capture = capture_of(self)
         if capture is not None:
             batch = self.input_batch
@@ -184,6 +199,19 @@ def _v1_fill_after_prepare(method):  # noqa: ANN001, ANN202
                 live=set(self.requests),
             )
         return out
+
+    return wrapper
+
+
+def _v1_forget_finished(method):  # noqa: ANN001, ANN202
+    """V1 drops finished requests in ``_update_states``: drop their steering with them."""
+
+    @functools.wraps(method)
+    def wrapper(self, scheduler_output, *args, **kwargs):  # noqa: ANN001, ANN202
+        steering = getattr(self, _ATTR, None)
+        if steering is not None:
+            steering.forget_all(scheduler_output.finished_req_ids)
+        return method(self, scheduler_output, *args, **kwargs)
 
     return wrapper
 
@@ -206,6 +234,7 @@ def patch_v1_runners() -> None:
             _v1_fill_after_prepare(GPUModelRunner._prepare_inputs)
         )
         GPUModelRunner._dummy_run = _mark(_clear_before(GPUModelRunner._dummy_run))
+        GPUModelRunner._update_states = _mark(_v1_forget_finished(GPUModelRunner._update_states))
 
 
 # ---- V2 runner (CUDA default) ------------------------------------------------------
@@ -298,7 +327,9 @@ def _mark(fn):  # noqa: ANN001, ANN202
     return fn
 
 
-# ---- fetching capture results (any worker) -------------------------------------------
+# ---- worker RPCs: capture results, steering status ----------------------------------
+
+STATUS_METHOD = "adaras_steering_status"
 
 
 def _fetch_capture(worker: Any) -> dict[str, dict[str, Any]]:
@@ -311,10 +342,26 @@ def _fetch_capture(worker: Any) -> dict[str, dict[str, Any]]:
     return capture.fetch()
 
 
-def patch_worker_fetch() -> None:
+def _steering_status(worker: Any) -> dict[str, Any]:
+    """``collective_rpc("adaras_steering_status")``: what this worker steers, so a launcher
+    can refuse to serve when maps are configured but a worker has no steering installed."""
+    steering = getattr(getattr(worker, "model_runner", None), _ATTR, None)
+    if steering is None:
+        return {"installed": False, "layers": [], "tracked_requests": 0}
+    return {
+        "installed": True,
+        "layers": [int(layer) for layer in steering.state.steered_layers],
+        "maps": list(steering.registry.names),
+        "tracked_requests": steering.num_tracked,
+    }
+
+
+def patch_worker_rpcs() -> None:
     from vllm.v1.worker.worker_base import WorkerBase
 
     from .capture import FETCH_METHOD
 
     if not hasattr(WorkerBase, FETCH_METHOD):
         setattr(WorkerBase, FETCH_METHOD, _fetch_capture)
+    if not hasattr(WorkerBase, STATUS_METHOD):
+        setattr(WorkerBase, STATUS_METHOD, _steering_status)

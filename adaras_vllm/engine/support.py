@@ -1,0 +1,43 @@
+"""Engine configurations steering cannot follow exactly, refused when the engine starts.
+
+Each check names the vLLM option, so the operator knows what to turn off; steering that
+silently lands on the wrong tokens is worse than no server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UnsupportedSteeringConfig(ValueError):
+    """The engine is configured in a way the steering hooks cannot serve exactly."""
+
+
+def unsupported_reasons(vllm_config: Any) -> list[str]:
+    """One line per option of ``vllm_config`` that steering cannot honour."""
+    reasons = []
+    parallel = getattr(vllm_config, "parallel_config", None)
+    if parallel is not None and getattr(parallel, "use_ubatching", False):
+        reasons.append(
+            "micro-batching (--enable-dbo / --ubatch-size > 1) runs the model on token slices "
+            "that the per-token steering buffers do not follow; turn it off"
+        )
+    if parallel is not None and int(getattr(parallel, "pipeline_parallel_size", 1)) > 1:
+        reasons.append(
+            "--pipeline-parallel-size > 1 is not supported with steering yet (layers of other "
+            "stages are missing in each worker); use tensor parallelism"
+        )
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        reasons.append(
+            "speculative decoding (--speculative-config) verifies draft tokens in layouts the "
+            "steering buffers do not follow; turn it off"
+        )
+    return reasons
+
+
+def check_supported(vllm_config: Any) -> None:
+    reasons = unsupported_reasons(vllm_config)
+    if reasons:
+        raise UnsupportedSteeringConfig(
+            "adaras steering cannot be applied exactly with this engine: " + "; ".join(reasons)
+        )

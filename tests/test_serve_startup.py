@@ -1,0 +1,131 @@
+"""``adaras serve`` start-up: steering installed in every process whatever the start method,
+and configurations that cannot be served as asked refused before any engine starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import ENV_VAR, REPO
+
+from adaras_vllm.maps import NeuronMap
+
+ORGANISM_MAP = REPO / "neuron_maps" / "organism-arith.safetensors"
+
+FORKED_CHILD_CHECK = textwrap.dedent("""
+    import json, os, sys
+    import vllm.plugins as plugins
+    from server.app import prepare
+    args, policy, keys = prepare(sys.argv[1:])
+    loaded_before_maps = plugins.plugins_loaded
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # what an engine process forked from the API server would hold
+        from vllm.v1.core import kv_cache_utils
+        from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.engine.input_processor import InputProcessor
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+        from adaras_vllm.engine.plugin import installed
+        report = {
+            "installed": installed(),
+            "front_end": getattr(InputProcessor.process_inputs, "_adaras", False),
+            "add_request": getattr(AsyncLLM.add_request, "_adaras", False),
+            "runner": getattr(GPUModelRunner._prepare_inputs, "_adaras", False),
+            "prefix_cache": getattr(kv_cache_utils.generate_block_hash_extra_keys,
+                                    "_adaras", False),
+        }
+        os.write(w, json.dumps(report).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(w)
+    child = json.loads(os.read(r, 65536))
+    print("RESULT " + json.dumps({"child": child, "loaded_before_maps": loaded_before_maps,
+                                  "method": os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")}))
+""")
+
+
+def _run_prepare_and_fork(*argv: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in (ENV_VAR, "VLLM_WORKER_MULTIPROC_METHOD")}
+    proc = subprocess.run([sys.executable, "-c", FORKED_CHILD_CHECK, *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def test_a_process_forked_after_start_up_has_every_steering_patch():
+    """vLLM loads plugins while ``adaras serve`` builds its parser, before the maps are
+    known; an engine forked from the API process (CUDA's default) must still steer."""
+    result = _run_prepare_and_fork("--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}")
+    assert result["loaded_before_maps"] is True  # the situation that used to lose steering
+    assert result["child"] == {"installed": True, "front_end": True, "add_request": True,
+                               "runner": True, "prefix_cache": True}
+
+
+def test_engine_processes_are_spawned_as_vllm_serve_does():
+    result = _run_prepare_and_fork("--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}")
+    assert result["method"] == "spawn"
+
+
+def _prepare(monkeypatch, *argv: str):
+    from server.app import prepare
+
+    for var in (ENV_VAR, "ADARAS_DEFAULT_STEER_ALPHA", "ADARAS_MAX_STEER_ALPHA",
+                "VLLM_WORKER_MULTIPROC_METHOD"):
+        monkeypatch.delenv(var, raising=False)
+    return prepare(list(argv))
+
+
+def test_a_map_default_alpha_above_the_bound_refuses_to_start(monkeypatch, tmp_path):
+    strong = tmp_path / "strong.safetensors"
+    NeuronMap.from_layers("strong", {0: ([1], [1.0])}, num_hidden_layers=4,
+                          intermediate_size=512, hidden_size=128,
+                          default_alpha=9.0).save(strong)
+    with pytest.raises(SystemExit, match="map 'strong' default_alpha 9 exceeds the bound 8"):
+        _prepare(monkeypatch, "--model", "m", "--neuron-map", f"strong={strong}")
+
+
+def test_several_api_servers_are_refused_naming_the_flag(monkeypatch):
+    with pytest.raises(SystemExit, match="--api-server-count > 1 is not supported"):
+        _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
+                 "--api-server-count", "2")
+
+
+def test_a_non_positive_body_limit_is_refused(monkeypatch):
+    with pytest.raises(SystemExit, match="--max-request-body-bytes must be a positive"):
+        _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
+                 "--max-request-body-bytes", "0")
+
+
+def test_vllm_api_key_from_the_environment_protects_every_route(monkeypatch):
+    monkeypatch.setenv("VLLM_API_KEY", "from-env")
+    _, _, keys = _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}")
+    assert keys == ["from-env"]
+
+
+class _EngineReporting:
+    def __init__(self, statuses: list[dict]) -> None:
+        self.statuses = statuses
+
+    async def collective_rpc(self, method: str) -> list[dict]:
+        assert method == "adaras_steering_status"
+        return self.statuses
+
+
+def test_serving_is_refused_when_a_worker_reports_no_steering():
+    import asyncio
+
+    from server.app import check_engine_steers
+    from server.steering_fields import SteeringPolicy
+
+    policy = SteeringPolicy([NeuronMap.load(ORGANISM_MAP)], max_alpha=8.0)
+    ok = {"installed": True, "layers": [0, 1], "tracked_requests": 0}
+    assert asyncio.run(check_engine_steers(_EngineReporting([ok, ok]), policy)) == [0, 1]
+    missing = {"installed": False, "layers": [], "tracked_requests": 0}
+    with pytest.raises(SystemExit, match=r"rank\(s\) \[1\] report no steering installed"):
+        asyncio.run(check_engine_steers(_EngineReporting([ok, missing]), policy))

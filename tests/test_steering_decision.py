@@ -1,0 +1,127 @@
+"""How a request's steering is decided: the one function every route and entry point uses
+(``MapRegistry.parse``, called by the engine front end and, for early 400s, by the HTTP
+layer). No engine needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from adaras_vllm.engine.params import SteeringParamError
+from adaras_vllm.engine.registry import MapRegistry
+from adaras_vllm.maps import NeuronMap
+
+
+def _map(name: str, default_alpha: float) -> NeuronMap:
+    return NeuronMap.from_layers(name, {0: ([1], [1.0])}, num_hidden_layers=2,
+                                 intermediate_size=8, hidden_size=4, default_alpha=default_alpha)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    monkeypatch.delenv("ADARAS_DEFAULT_STEER_ALPHA", raising=False)
+    monkeypatch.delenv("ADARAS_MAX_STEER_ALPHA", raising=False)
+    return MapRegistry([_map("first", 0.3), _map("second", 0.2)])
+
+
+def test_without_an_operator_default_absent_alpha_means_unsteered(registry):
+    d = registry.parse({})
+    assert (d.alpha, d.map_name, d.mode, d.steered) == (0.0, "first", "always", False)
+
+
+def test_operator_default_map_takes_the_chosen_maps_default_alpha(registry, monkeypatch):
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
+    assert registry.parse({}).alpha == 0.3
+    assert registry.parse({"steer_map": "second"}).alpha == 0.2
+
+
+def test_operator_default_number_overrides_the_maps(registry, monkeypatch):
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "0")
+    assert registry.parse({"steer_map": "second"}).alpha == 0.0
+
+
+def test_an_explicit_alpha_wins_over_every_default(registry, monkeypatch):
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
+    assert registry.parse({"steer_alpha": -1}).alpha == -1.0
+
+
+def test_top_level_fields_and_vllm_xargs_mean_the_same(registry):
+    assert registry.parse({}, {"steer_alpha": 0.5}) == registry.parse({"steer_alpha": 0.5})
+
+
+def test_the_same_value_in_both_places_is_accepted(registry):
+    assert registry.parse({"steer_alpha": 0.5}, {"steer_alpha": 0.5}).alpha == 0.5
+
+
+def test_different_values_in_both_places_are_refused(registry):
+    with pytest.raises(SteeringParamError, match="given both as a field") as e:
+        registry.parse({"steer_alpha": 0.6}, {"steer_alpha": 0.5})
+    assert e.value.field == "steer_alpha"
+
+
+def test_mode_off_is_resolved_to_alpha_zero(registry):
+    d = registry.parse({"steer_alpha": 2.0, "steer_mode": "off"})
+    assert (d.alpha, d.steered, d.mode) == (0.0, False, "off")
+
+
+def test_resolved_values_decide_the_same_again(registry, monkeypatch):
+    """The front end writes its decision into extra_args; engine processes re-read it."""
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
+    for asked in ({}, {"steer_map": "second"}, {"steer_alpha": 2, "steer_mode": "off"}):
+        d = registry.parse(asked)
+        assert registry.parse(d.as_extra_args()) == d
+
+
+def test_alpha_beyond_the_operator_bound_is_refused_naming_the_bound(registry, monkeypatch):
+    monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "1")
+    with pytest.raises(SteeringParamError, match=r"\[-1, 1\], got 1.5") as e:
+        registry.parse({"steer_alpha": 1.5})
+    assert e.value.field == "steer_alpha"
+
+
+def test_an_integer_alpha_too_large_for_a_float_is_refused_naming_the_field(registry):
+    with pytest.raises(SteeringParamError, match="steer_alpha must be a finite number") as e:
+        registry.parse({"steer_alpha": 10 ** 400})
+    assert e.value.field == "steer_alpha"
+
+
+def test_an_integer_alpha_past_the_digit_limit_is_refused_with_a_short_message(registry):
+    with pytest.raises(SteeringParamError, match="an integer of more than") as e:
+        registry.parse({"steer_alpha": 10 ** 5000})
+    assert len(str(e.value)) < 200
+
+
+def test_a_misspelt_key_in_another_letter_case_is_refused(registry):
+    with pytest.raises(SteeringParamError, match="unknown steering field") as e:
+        registry.parse({"Steer_Alpha": 1.0})
+    assert e.value.field == "Steer_Alpha"
+
+
+def test_a_long_unknown_map_name_is_cut_in_the_message(registry):
+    with pytest.raises(SteeringParamError, match=r"\(3000 characters\)"):
+        registry.parse({"steer_map": "m" * 2998})
+
+
+def test_adaptive_mode_is_refused_until_a_gate_exists(registry):
+    with pytest.raises(SteeringParamError, match="needs a correctness gate") as e:
+        registry.parse({"steer_mode": "adaptive"})
+    assert e.value.field == "steer_mode"
+
+
+def test_without_the_default_a_request_that_gives_no_alpha_is_unsteered(registry, monkeypatch):
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
+    assert not registry.parse({}, use_default=False).steered
+
+
+def test_a_map_default_above_the_bound_is_refused_at_start_up(monkeypatch):
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
+    monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "1")
+    registry = MapRegistry([_map("strong", 2.0)])
+    with pytest.raises(SteeringParamError, match="map 'strong' default_alpha 2 exceeds the bound 1"):
+        registry.check_defaults()
+
+
+def test_an_operator_default_above_the_bound_is_refused_at_start_up(monkeypatch):
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "3")
+    monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "1")
+    with pytest.raises(SteeringParamError, match="the default steer_alpha 3 exceeds"):
+        MapRegistry([_map("m", 0.1)]).check_defaults()
