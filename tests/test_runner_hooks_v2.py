@@ -1,7 +1,8 @@
 """The V2-runner hooks (vLLM's CUDA default), exercised on a stand-in runner that calls
 them the way ``v1/worker/gpu/model_runner.py`` does in vLLM 0.32. The real V2 runner
 needs CUDA; this pins down our side: parameters survive a request being re-added, and
-the per-token buffers follow the V2 batch layout (``idx_mapping``, ``prompt_len``)."""
+the per-token buffers follow the V2 batch as the device holds it (``query_start_loc``,
+``positions``, ``idx_mapping``, ``prompt_len``), not the host's optimistic mirrors."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class StandInV2Runner:
     def __init__(self) -> None:
         registry = _registry()
         table = torch.tensor([[1.0], [10.0]])
-        setattr(self, _ATTR, RunnerSteering(registry, SteeringState(16, "cpu", table), 64))
+        setattr(self, _ATTR, RunnerSteering(registry, SteeringState(16, "cpu", table)))
         self.req_states = SimpleNamespace(prompt_len=SimpleNamespace(np=np.zeros(8, np.int32)))
         self.slots: dict[str, int] = {}
 
@@ -47,12 +48,19 @@ class StandInV2Runner:
     def _remove_request(self, req_id: str) -> bool:
         return True
 
-    def prepare_inputs(self, req_ids, num_scheduled, num_computed):  # noqa: ANN001
+    def prepare_inputs(self, req_ids, num_scheduled, num_computed, host_mirror=None):  # noqa: ANN001
+        """``num_computed`` is the device's truth; ``host_mirror`` what the host's
+        ``num_computed_tokens_np`` says (it may run ahead after speculative rejections)."""
         idx = np.array([self.slots[r] for r in req_ids])
         qsl = np.concatenate([[0], np.cumsum(num_scheduled)]).astype(np.int32)
-        return SimpleNamespace(req_ids=req_ids, num_reqs=len(req_ids), idx_mapping_np=idx,
-                               query_start_loc_np=qsl,
-                               num_computed_tokens_np=np.array(num_computed))
+        positions = np.concatenate([np.arange(c, c + n) for c, n in zip(num_computed,
+                                                                        num_scheduled)])
+        padded = np.concatenate([positions, np.zeros(3, np.int64)])  # CUDA-graph padding
+        return SimpleNamespace(
+            req_ids=req_ids, num_reqs=len(req_ids), idx_mapping_np=idx,
+            query_start_loc_np=qsl, query_start_loc=torch.from_numpy(qsl),
+            num_tokens=int(qsl[-1]), positions=torch.from_numpy(padded),
+            num_computed_tokens_np=np.array(host_mirror if host_mirror else num_computed))
 
 
 StandInV2Runner.add_requests = _v2_remember_new(StandInV2Runner.add_requests)
@@ -81,3 +89,12 @@ def test_v2_steering_survives_a_request_being_removed_and_re_added():
     runner.add_requests(SimpleNamespace(scheduled_new_reqs=[_new("r1", 1, steer_alpha=1.0)]))
     runner.prepare_inputs(["r1"], [1], [4])
     assert getattr(runner, _ATTR).state.delta[0, 0].item() == 1.0
+
+
+def test_v2_steered_positions_come_from_the_device_not_the_host_mirror():
+    runner = StandInV2Runner()
+    runner.add_requests(SimpleNamespace(scheduled_new_reqs=[_new("r1", 6, steer_alpha=1.0)]))
+    # The device is at position 3 (prefill chunk 3..5): only position 5 = P - 1 is steered,
+    # although the host mirror claims 5 tokens were already computed.
+    runner.prepare_inputs(["r1"], [3], [3], host_mirror=[5])
+    assert getattr(runner, _ATTR).state.delta[:4, 0].tolist() == [0.0, 0.0, 1.0, 0.0]

@@ -103,7 +103,7 @@ class MapRegistry:
             if not sep:
                 name, path = "", entry
             p = Path(path).expanduser()
-            if not p.is_file():
+            if not os.path.lexists(p):
                 raise FileNotFoundError(
                     f"neuron map file {str(p)!r} (entry {entry!r}) does not exist"
                 )

@@ -178,12 +178,13 @@ def _v1_fill_after_prepare(method):  # noqa: ANN001, ANN202
             alpha, map_id = steering.lookup(
                 req_ids, lambda r: getattr(self.requests.get(r), "sampling_params", None)
             )
-            steering.state.fill(
+            total = int(np.asarray(num_scheduled_tokens[:n]).sum())
+            steering.state.fill_requests(
                 alpha,
                 map_id,
-                np.asarray(num_scheduled_tokens[:n]),
-                batch.num_computed_tokens_cpu[:n],
                 batch.num_prompt_tokens[:n],
+                self.query_start_loc.gpu[: n + 1],  # the device's own layout
+                self.positions[:total],
             )
         capture = capture_of(self)
         if capture is not None:
@@ -284,12 +285,13 @@ def _v2_fill_after_prepare(method):  # noqa: ANN001, ANN202
             n = batch.num_reqs
             alpha, map_id = steering.lookup(batch.req_ids[:n], lambda r: None)
             rows = batch.idx_mapping_np[:n]
-            steering.state.fill(
+            total = int(batch.num_tokens)
+            steering.state.fill_requests(
                 alpha,
                 map_id,
-                np.diff(batch.query_start_loc_np[: n + 1]),
-                batch.num_computed_tokens_np[:n],
                 self.req_states.prompt_len.np[rows],  # not prefill_len: it changes on preemption
+                batch.query_start_loc[: n + 1],  # the device's (adaptive verification edits it)
+                batch.positions[:total],
             )
         capture = capture_of(self)
         if capture is not None:

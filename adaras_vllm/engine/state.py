@@ -2,9 +2,10 @@
 
 The compiled graph (and any CUDA graph captured from it) reads ``delta`` by reference, so
 every buffer is allocated once and only ever mutated in place. Once per step, before the
-forward, the batch layout gives each token an alpha and a map id (vectorised, no Python
-loop over tokens), and one gather + one multiply turn them into every steered layer's
-per-token delta. Invariant: rows past the current step's tokens are zero, so padded
+forward, the host writes per-request values (alpha, map id, prompt length); the device
+derives each token's alpha and map id from the batch's own request boundaries and
+positions (vectorised, no Python loop over tokens, no host sync), and one gather + one
+multiply turn them into every steered layer's per-token delta. Invariant: rows past the current step's tokens are zero, so padded
 tokens and ``_dummy_run`` are never steered.
 """
 
@@ -39,10 +40,14 @@ def steered_token_alpha(
 
 
 class SteeringState:
-    """Static per-token buffers: ``alpha``, ``map_id`` and the deltas a steered model reads.
+    """Static buffers: per-request values the host writes, per-token values the device
+    derives, and the deltas a steered model reads.
 
     ``table`` is ``[num_maps, U]`` (all steered layers' columns side by side); ``delta`` is
-    ``[max_tokens, U]`` in the activation dtype.
+    ``[max_tokens, U]`` in the activation dtype. The host writes only per-request rows
+    (alpha, map id, prompt length); each token's request comes from the batch's own
+    ``query_start_loc`` and its position from the batch's own ``positions``, on the
+    device, so no host-side token layout can disagree with what the forward runs.
     """
 
     def __init__(
@@ -51,30 +56,92 @@ class SteeringState:
         device: torch.device | str,
         table: torch.Tensor,
         dtype: torch.dtype = torch.float32,
+        max_reqs: int | None = None,
     ) -> None:
         device = torch.device(device)
         self.max_tokens = max_tokens
+        self.max_reqs = max_tokens if max_reqs is None else max_reqs
         self.table = table.to(device=device, dtype=torch.float32)
         width = int(table.shape[1])
         self.alpha = torch.zeros(max_tokens, dtype=torch.float32, device=device)
         self.map_id = torch.zeros(max_tokens, dtype=torch.int64, device=device)
         self.delta = torch.zeros(max_tokens, width, dtype=dtype, device=device)
         self._gathered = torch.zeros(max_tokens, width, dtype=torch.float32, device=device)
+        self._token_index = torch.arange(max_tokens, dtype=torch.int64, device=device)
+        self._req_of_token = torch.zeros(max_tokens, dtype=torch.int64, device=device)
+        self._first_steered = torch.zeros(max_tokens, dtype=torch.int64, device=device)
+        self._steered = torch.zeros(max_tokens, dtype=torch.bool, device=device)
+        self._boundaries = torch.zeros(self.max_reqs, dtype=torch.int64, device=device)
+        # Per request row, plus one zero row for tokens past the last request (padding).
+        rows = self.max_reqs + 1
+        self.req_alpha = torch.zeros(rows, dtype=torch.float32, device=device)
+        self.req_map_id = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.req_first_steered = torch.zeros(rows, dtype=torch.int64, device=device)
         self._on_host = device.type == "cpu"
         if self._on_host:
-            self._alpha_host, self._map_host = self.alpha, self.map_id
+            self._host = (self.req_alpha, self.req_map_id, self.req_first_steered)
         else:
             pin = torch.cuda.is_available()
-            self._alpha_host = torch.zeros(max_tokens, dtype=torch.float32, pin_memory=pin)
-            self._map_host = torch.zeros(max_tokens, dtype=torch.int64, pin_memory=pin)
+            self._host = tuple(torch.zeros(rows, dtype=t.dtype, pin_memory=pin)
+                               for t in (self.req_alpha, self.req_map_id,
+                                         self.req_first_steered))
+        self._host_np = tuple(t.numpy() for t in self._host)
         # The host->device copy is asynchronous: the host rows must not be rewritten
         # until the previous step's copy has run (with async scheduling the CPU can be
         # a step ahead). Waits only for that copy, not for the forward.
         self._copied = torch.cuda.Event() if device.type == "cuda" else None
-        self._alpha_np = self._alpha_host.numpy()
-        self._map_np = self._map_host.numpy()
-        self._dirty = 0  # leading rows that may be non-zero
+        self._dirty = 0  # leading token rows that may be non-zero
         self.steered_layers: list[int] = []  # set by install_steering, for logs
+
+    def fill_requests(
+        self,
+        req_alpha: np.ndarray,
+        req_map_id: np.ndarray,
+        prompt_len: np.ndarray,
+        query_start_loc: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> None:
+        """One step: per-request rows from the host; per-token alpha and map id, and the
+        deltas, derived on the device from the batch's ``query_start_loc`` (``[R + 1]``)
+        and ``positions`` (``[T]``, the tokens this step runs, unpadded)."""
+        num_reqs = int(req_alpha.shape[0])
+        total = int(positions.shape[0])
+        if total > self.max_tokens or num_reqs > self.max_reqs:
+            raise RuntimeError(
+                f"adaras: step has {total} tokens but the steering buffers hold "
+                f"{self.max_tokens} ({num_reqs} requests, room for {self.max_reqs}); raise "
+                "the buffer size to max_num_batched_tokens"
+            )
+        if not np.any(req_alpha):
+            self.clear()
+            return
+        self._wait_for_last_copy()
+        alpha_np, map_np, first_np = self._host_np
+        alpha_np[:num_reqs] = req_alpha
+        map_np[:num_reqs] = req_map_id
+        first_np[:num_reqs] = prompt_len.astype(np.int64, copy=False) - 1
+        alpha_np[num_reqs] = 0.0  # tokens past the last request: never steered
+        if not self._on_host:
+            for dev, host in zip((self.req_alpha, self.req_map_id, self.req_first_steered),
+                                 self._host):
+                dev[: num_reqs + 1].copy_(host[: num_reqs + 1], non_blocking=True)
+            if self._copied is not None:
+                self._copied.record()
+        # Token -> request row: the number of request ends at or before the token.
+        self._boundaries[:num_reqs].copy_(query_start_loc[1 : num_reqs + 1])
+        req = self._req_of_token[:total]
+        torch.searchsorted(self._boundaries[:num_reqs], self._token_index[:total], right=True,
+                           out=req)
+        torch.index_select(self.req_first_steered, 0, req, out=self._first_steered[:total])
+        torch.ge(positions, self._first_steered[:total], out=self._steered[:total])
+        torch.index_select(self.req_alpha, 0, req, out=self.alpha[:total])
+        self.alpha[:total].mul_(self._steered[:total])
+        torch.index_select(self.req_map_id, 0, req, out=self.map_id[:total])
+        used = max(total, self._dirty)
+        self.alpha[total:used].zero_()
+        self.map_id[total:used].zero_()
+        self._publish(used)
+        self._dirty = total
 
     def fill(
         self,
@@ -84,34 +151,26 @@ class SteeringState:
         num_computed: np.ndarray,
         prompt_len: np.ndarray,
     ) -> None:
-        """Lay out one step's per-token alpha/map id and deltas (arrays are per batch row)."""
-        total = int(num_scheduled.sum())
-        if total > self.max_tokens:
-            raise RuntimeError(
-                f"adaras: step has {total} tokens but the steering buffers hold "
-                f"{self.max_tokens}; raise the buffer size to max_num_batched_tokens"
-            )
-        if not np.any(req_alpha):
-            self.clear()
-            return
-        alpha_tok = steered_token_alpha(req_alpha, num_scheduled, num_computed, prompt_len)
-        self._wait_for_last_copy()
-        used = max(total, self._dirty)
-        self._alpha_np[:total] = alpha_tok
-        self._alpha_np[total:used] = 0.0
-        self._map_np[:total] = np.repeat(req_map_id.astype(np.int64, copy=False), num_scheduled)
-        self._map_np[total:used] = 0
-        self._publish(used)
-        self._dirty = total
+        """``fill_requests`` from host counts (tests and tools that have no runner): the
+        layout a runner would build, made here."""
+        num_scheduled = num_scheduled.astype(np.int64, copy=False)
+        query_start_loc = np.concatenate([[0], np.cumsum(num_scheduled)])
+        starts = query_start_loc[:-1]
+        total = int(query_start_loc[-1])
+        offset = np.arange(total, dtype=np.int64) - np.repeat(starts, num_scheduled)
+        positions = np.repeat(num_computed.astype(np.int64, copy=False), num_scheduled) + offset
+        device = self.alpha.device
+        self.fill_requests(req_alpha, req_map_id, prompt_len,
+                           torch.as_tensor(query_start_loc, device=device),
+                           torch.as_tensor(positions, device=device))
 
     def clear(self) -> None:
         """Zero whatever the last fill wrote (a no-op when already zero)."""
         if self._dirty == 0:
             return
         used = self._dirty
-        self._wait_for_last_copy()
-        self._alpha_np[:used] = 0.0
-        self._map_np[:used] = 0
+        self.alpha[:used].zero_()
+        self.map_id[:used].zero_()
         self._publish(used)
         self._dirty = 0
 
@@ -120,11 +179,6 @@ class SteeringState:
             self._copied.synchronize()
 
     def _publish(self, n: int) -> None:
-        """Move rows ``[0, n)`` to the device and recompute their deltas in place."""
-        if not self._on_host:
-            self.alpha[:n].copy_(self._alpha_host[:n], non_blocking=True)
-            self.map_id[:n].copy_(self._map_host[:n], non_blocking=True)
-            if self._copied is not None:
-                self._copied.record()
+        """Recompute rows ``[0, n)`` of the deltas in place from per-token alpha/map id."""
         torch.index_select(self.table, 0, self.map_id[:n], out=self._gathered[:n])
         torch.mul(self._gathered[:n], self.alpha[:n, None], out=self.delta[:n])

@@ -15,7 +15,10 @@ import hashlib
 import json
 import math
 import numbers
+import os
 import re
+import stat
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,7 +53,19 @@ REQUIRED_METADATA = (
 #: same map yields the same fingerprint.
 _NOT_FINGERPRINTED = frozenset({"created"})
 
-_TENSOR_NAME = re.compile(r"layers\.(\d+)\.(indices|weights|rank|good_mean|bad_mean)")
+#: A layer number is ASCII digits (`\d` would also take other scripts' digits, so that
+#: "layers.٣.indices" and "layers.3.indices" would both be layer 3).
+_TENSOR_NAME = re.compile(r"layers\.([0-9]+)\.(indices|weights|rank|good_mean|bad_mean)")
+
+#: The largest value an integer metadata field may have: indices are int64, and a bound keeps
+#: int() away from Python's limit on converting very long digit strings (ValueError).
+_MAX_METADATA_INT = 2**63 - 1
+
+#: safetensors refuses JSON headers larger than this (its MAX_HEADER_SIZE).
+_MAX_HEADER_BYTES = 100_000_000
+
+#: Error messages quote at most this many characters of a value taken from a file.
+_QUOTE_LIMIT = 80
 
 #: Config attributes whose presence (with a positive value) marks a mixture-of-experts MLP.
 _MOE_ATTRIBUTES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
@@ -135,7 +150,7 @@ class NeuronMap:
         good_mean: Mapping[int, torch.Tensor] | None = None,
         bad_mean: Mapping[int, torch.Tensor] | None = None,
     ) -> None:
-        who = f"neuron map {metadata.get('name', '?')!r}"
+        who = _who(metadata)
         self.metadata: dict[str, str] = _checked_metadata(metadata, who)
         num_layers = int(self.metadata["num_hidden_layers"])
         intermediate = int(self.metadata["intermediate_size"])
@@ -144,8 +159,8 @@ class NeuronMap:
                                   ("bad_mean", bad_mean)):
             if extra is not None and set(extra) != set(layers):
                 raise MapFormatError(
-                    f"{who}: {extra_name} covers layers {sorted(extra)} but the map has "
-                    f"neurons in layers {sorted(layers)}; they must be the same layers"
+                    f"{who}: {extra_name} covers layers {_some(sorted(extra))} but the map has "
+                    f"neurons in layers {_some(sorted(layers))}; they must be the same layers"
                 )
 
         self.layers: LayerTensors = {}
@@ -332,63 +347,69 @@ class NeuronMap:
 
     @classmethod
     def load(cls, path: PathArg) -> NeuronMap:
-        """Read a map file written by `save`, refusing anything that is not a valid map."""
+        """Read a map file written by `save`, refusing anything that is not a valid map.
+
+        Raises FileNotFoundError (naming the path) when nothing is at `path`, or it is a
+        symlink to nothing. Everything else that is not a valid map raises MapFormatError, one
+        line naming the file and what is wrong with it: a directory or other non-regular file
+        (a FIFO is never opened, so it cannot block), a file that cannot be read (permissions,
+        a symlink loop), one that is not safetensors (empty, truncated, a header length past
+        the end of the file, corrupt JSON, overlapping or out-of-file tensor data), and a
+        safetensors file that breaks the neuron-map format. The header and metadata are
+        checked before any tensor is read, so refusing a large file that is not a map (a
+        model checkpoint, say) costs no memory.
+        """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no neuron map file at {path}")
+        try:
+            return cls._load(path)
+        except MapFormatError as error:
+            raise MapFormatError(f"{path}: {error}") from None
+
+    @classmethod
+    def _load(cls, path: Path) -> NeuronMap:
+        """`load` without the file path in its MapFormatError messages."""
+        size = _regular_file_size(path)
+        _check_safetensors_prefix(path, size)
         try:
             with safetensors.safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata()
-            tensors = safetensors.torch.load_file(str(path))
+                tensors = _read_map_tensors(handle, metadata)
         except safetensors.SafetensorError as error:
-            raise MapFormatError(f"{path}: not a readable safetensors file ({error})") from None
-        if not metadata:
             raise MapFormatError(
-                f"{path}: the safetensors file has no metadata; a neuron map needs "
-                f"format={FORMAT!r} and the keys {', '.join(REQUIRED_METADATA)}"
-            )
-        if metadata.get("format") != FORMAT:
-            raise MapFormatError(
-                f"{path}: metadata format is {metadata.get('format')!r}; "
-                f"expected {FORMAT!r} (is this a neuron map file?)"
-            )
+                f"not a readable safetensors file ({_clipped(str(error), 300)})"
+            ) from None
+        except OSError as error:
+            raise MapFormatError(f"cannot be read ({_os_reason(error)})") from None
 
         parts: dict[str, dict[int, torch.Tensor]] = {}
         for tensor_name, tensor in tensors.items():
-            match = _TENSOR_NAME.fullmatch(tensor_name)
-            if match is None:
-                raise MapFormatError(
-                    f"{path}: unknown tensor {tensor_name!r}; expected only layers.<l>.indices, "
-                    ".weights, .rank, .good_mean and .bad_mean"
-                )
-            parts.setdefault(match.group(2), {})[int(match.group(1))] = tensor
+            layer, part = _parse_tensor_name(tensor_name)
+            parts.setdefault(part, {})[layer] = tensor
         layer_ids = set(parts.get("indices", {})) | set(parts.get("weights", {}))
         for required in ("indices", "weights"):
             missing = sorted(layer_ids - set(parts.get(required, {})))
             if missing:
                 raise MapFormatError(
-                    f"{path}: layers {missing} have no {required} tensor; every mapped layer "
+                    f"layers {_some(missing)} have no {required} tensor; every mapped layer "
                     "needs both layers.<l>.indices and layers.<l>.weights"
                 )
         for optional in ("rank", "good_mean", "bad_mean"):
             present = set(parts.get(optional, {}))
             if present and present != layer_ids:
                 raise MapFormatError(
-                    f"{path}: {optional} tensors exist for layers {sorted(present)} but the map "
-                    f"has layers {sorted(layer_ids)}; give {optional} for every layer or none"
+                    f"{optional} tensors exist for layers {_some(sorted(present))} but the map "
+                    f"has layers {_some(sorted(layer_ids))}; give {optional} for every layer "
+                    "or none"
                 )
 
         layers = {layer: (parts["indices"][layer], parts["weights"][layer]) for layer in layer_ids}
-        try:
-            return cls(
-                metadata=metadata,
-                layers=layers,
-                ranks=parts.get("rank"),
-                good_mean=parts.get("good_mean"),
-                bad_mean=parts.get("bad_mean"),
-            )
-        except MapFormatError as error:
-            raise MapFormatError(f"{path}: {error}") from None
+        return cls(
+            metadata=metadata,
+            layers=layers,
+            ranks=parts.get("rank"),
+            good_mean=parts.get("good_mean"),
+            bad_mean=parts.get("bad_mean"),
+        )
 
     # --------------------------------------------------------------------------- operations
 
@@ -565,6 +586,158 @@ class NeuronMap:
 # ------------------------------------------------------------------------------- helpers
 
 
+def _regular_file_size(path: Path) -> int:
+    """The size of the regular file at `path` (following symlinks), without opening it."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise FileNotFoundError(
+                f"no neuron map file at {path} (it is a symlink to "
+                f"{_quoted(os.readlink(path))}, which does not exist)"
+            ) from None
+        raise FileNotFoundError(f"no neuron map file at {path}") from None
+    except OSError as error:  # a symlink loop, a parent that is a file, no search permission
+        raise MapFormatError(f"cannot be read ({_os_reason(error)})") from None
+    except ValueError as error:  # e.g. "embedded null byte": no file can have this path
+        raise MapFormatError(f"is not a usable file path ({error})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise MapFormatError(
+            "is a directory, not a neuron map file; give the path of a map's .safetensors file"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        kind = next(
+            (name for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                                     (stat.S_ISCHR, "a character device"),
+                                     (stat.S_ISBLK, "a block device"))
+             if test(info.st_mode)),
+            "not a regular file",
+        )
+        raise MapFormatError(
+            f"is {kind}, not a neuron map file; a map must be a regular .safetensors file"
+        )
+    return info.st_size
+
+
+def _check_safetensors_prefix(path: Path, size: int) -> None:
+    """Refuse a file whose 8-byte header length cannot be right, before safetensors reads it.
+
+    A safetensors file is: header length n (u64, little endian), n bytes of JSON, tensor data.
+    """
+    what = "not a readable safetensors file"
+    layout = "a safetensors file starts with an 8-byte header length, then a JSON header"
+    if size == 0:
+        raise MapFormatError(f"{what} (the file is empty; {layout})")
+    if size < 8:
+        raise MapFormatError(f"{what} (the file is only {size} bytes; {layout})")
+    try:
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+    except OSError as error:
+        raise MapFormatError(f"cannot be read ({_os_reason(error)})") from None
+    if len(prefix) < 8:  # the file shrank since it was measured
+        raise MapFormatError(f"{what} (the file is only {len(prefix)} bytes; {layout})")
+    (header_length,) = struct.unpack("<Q", prefix)
+    if header_length > size - 8:
+        raise MapFormatError(
+            f"{what} (its first 8 bytes give a JSON header length of {header_length} bytes, "
+            f"but only {size - 8} bytes follow: the file is truncated or is not safetensors)"
+        )
+    if header_length > _MAX_HEADER_BYTES:
+        raise MapFormatError(
+            f"{what} (its JSON header is {header_length} bytes; safetensors allows at most "
+            f"{_MAX_HEADER_BYTES})"
+        )
+
+
+def _read_map_tensors(handle: Any, metadata: Mapping[str, str] | None) -> dict[str, torch.Tensor]:
+    """Check a safetensors file's metadata and tensor names and sizes, then read its tensors.
+
+    Everything that the header alone can refuse is refused before any tensor data is read.
+    """
+    if not metadata:
+        raise MapFormatError(
+            f"the safetensors file has no metadata; a neuron map needs "
+            f"format={FORMAT!r} and the keys {', '.join(REQUIRED_METADATA)}"
+        )
+    if metadata.get("format") != FORMAT:
+        raise MapFormatError(
+            f"metadata format is {_quoted(metadata.get('format'))}; "
+            f"expected {FORMAT!r} (is this a neuron map file?)"
+        )
+    metadata = _checked_metadata(metadata, _who(metadata))
+    num_layers = int(metadata["num_hidden_layers"])
+    intermediate = int(metadata["intermediate_size"])
+    names = list(handle.keys())
+    for tensor_name in names:
+        layer, part = _parse_tensor_name(tensor_name)
+        where = f"{_who(metadata)}: layer {layer}"
+        if layer >= num_layers:
+            raise MapFormatError(
+                f"{where} does not exist in a model with {num_layers} layers "
+                f"(num_hidden_layers={num_layers}); layers must be in [0, {num_layers})"
+            )
+        entries = math.prod(handle.get_slice(tensor_name).get_shape())
+        if entries > intermediate:
+            raise MapFormatError(
+                f"{where}: {part} has {entries} entries but a layer has only {intermediate} "
+                f"neurons (intermediate_size={intermediate}); a map lists each neuron at most "
+                "once"
+            )
+    return {tensor_name: handle.get_tensor(tensor_name) for tensor_name in names}
+
+
+def _parse_tensor_name(tensor_name: str) -> tuple[int, str]:
+    """(layer, part) of a map tensor name such as "layers.3.indices"."""
+    match = _TENSOR_NAME.fullmatch(tensor_name)
+    if match is None:
+        raise MapFormatError(
+            f"unknown tensor {_quoted(tensor_name)}; expected only layers.<l>.indices, "
+            ".weights, .rank, .good_mean and .bad_mean"
+        )
+    digits, part = match.groups()
+    if len(digits) > 1 and digits.startswith("0"):
+        raise MapFormatError(
+            f"tensor {_quoted(tensor_name)} writes its layer number with a leading zero; "
+            f"write it as layers.{_clipped(digits.lstrip('0') or '0', 30)}.{part}, so that each "
+            "layer has one name"
+        )
+    if len(digits) > len(str(_MAX_METADATA_INT)):
+        raise MapFormatError(
+            f"tensor {_quoted(tensor_name)} names layer {_clipped(digits, 30)}, which does not "
+            "exist in any model (layer numbers are below num_hidden_layers)"
+        )
+    return int(digits), part
+
+
+def _os_reason(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+def _who(metadata: Mapping[str, Any]) -> str:
+    return f"neuron map {_quoted(metadata.get('name', '?'))}"
+
+
+def _quoted(value: Any) -> str:
+    """repr(value), cut short: values read from a file may be megabytes long."""
+    text = repr(value)
+    if len(text) <= _QUOTE_LIMIT:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return f"{text[:_QUOTE_LIMIT]}...{size}"
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _some(values: list[Any], limit: int = 8) -> str:
+    """A list for a message: the first few values, and how many there are in all."""
+    if len(values) <= limit:
+        return str(values)
+    return f"[{', '.join(map(str, values[:limit]))}, ...] ({len(values)} in all)"
+
+
 def _checked_metadata(metadata: Mapping[str, str], who: str) -> dict[str, str]:
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
@@ -574,19 +747,26 @@ def _checked_metadata(metadata: Mapping[str, str], who: str) -> dict[str, str]:
         )
     not_str = [key for key, value in metadata.items() if not isinstance(value, str)]
     if not_str:
-        raise MapFormatError(f"{who}: metadata values must be strings; {not_str} are not")
+        raise MapFormatError(f"{who}: metadata values must be strings; {_some(not_str)} are not")
     if metadata["format"] != FORMAT:
         raise MapFormatError(
-            f"{who}: metadata format is {metadata['format']!r}; expected {FORMAT!r}"
+            f"{who}: metadata format is {_quoted(metadata['format'])}; expected {FORMAT!r}"
         )
     if not metadata["name"]:
         raise MapFormatError(f"{who}: metadata name is empty; a map needs a name")
     for key in ("num_hidden_layers", "intermediate_size", "hidden_size", "top_k"):
         value = metadata[key]
         # top_k may read 0 here; an empty map is then refused with its own, clearer message.
-        if not re.fullmatch(r"[0-9]+", value) or (int(value) <= 0 and key != "top_k"):
+        # At most 19 digits, checked before int(): int() raises ValueError on very long
+        # strings (leading zeros included), and the properties below call int() again.
+        if (
+            not re.fullmatch(r"[0-9]{1,19}", value)
+            or int(value) > _MAX_METADATA_INT
+            or (int(value) <= 0 and key != "top_k")
+        ):
             raise MapFormatError(
-                f"{who}: metadata {key} is {value!r}; expected a positive integer"
+                f"{who}: metadata {key} is {_quoted(value)}; expected a positive integer "
+                "below 2**63"
             )
     try:
         alpha = float(metadata["default_alpha"])
@@ -594,7 +774,7 @@ def _checked_metadata(metadata: Mapping[str, str], who: str) -> dict[str, str]:
         alpha = math.nan
     if not math.isfinite(alpha):
         raise MapFormatError(
-            f"{who}: metadata default_alpha is {metadata['default_alpha']!r}; "
+            f"{who}: metadata default_alpha is {_quoted(metadata['default_alpha'])}; "
             "expected a finite number"
         )
     return dict(metadata)
@@ -627,7 +807,7 @@ def _check_indices(indices: torch.Tensor, intermediate_size: int, where: str) ->
     duplicated = indices[1:][indices[1:] == indices[:-1]]
     if duplicated.numel():
         raise MapFormatError(
-            f"{where}: duplicate neuron indices {sorted(set(duplicated.tolist()))}; "
+            f"{where}: duplicate neuron indices {_some(sorted(set(duplicated.tolist())))}; "
             "each neuron may appear once per layer"
         )
     low, high = int(indices[0]), int(indices[-1])
