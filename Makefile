@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install serve demo test test-fast bench experiment clean
+.PHONY: install serve demo test test-fast bench experiment gpu-check reliability clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/capture_throughput.py
+
+# On a CUDA machine (make install EXTRAS=gpu,test first): the CUDA-graph test, the oracle
+# tests with vLLM's CUDA defaults (V2 runner, CUDA graphs, async scheduling) and eager, and
+# the overhead benchmark; one summary line per check.
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py --out gpu-check.json
 
 # The organism experiment (README "Does steering help?"): problems, map, validation grid.
 # The test-split command with the alpha and neuron count chosen here is in the README.

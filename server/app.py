@@ -166,8 +166,9 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     policy = SteeringPolicy(registry.maps, max_alpha=args.max_steer_alpha,
                             default_alpha=args.default_steer_alpha)
     api_keys = [k for k in (args.api_key or []) if k]
-    if not api_keys and os.environ.get("VLLM_API_KEY"):
-        api_keys = [os.environ["VLLM_API_KEY"]]
+    env_key = os.environ.pop("VLLM_API_KEY", "")  # else vLLM's own check would ask for it too
+    if not api_keys and env_key:
+        api_keys = [env_key]
     args.api_key = None  # our middleware covers every route but /health, not only /v1
     return args, policy, api_keys
 
@@ -208,7 +209,7 @@ def _one_line(error: Exception) -> str:
 def _example_curl(
     host: str, port: int, model: str, api_keys: list[str], policy: SteeringPolicy
 ) -> str:
-    auth = f" \\\n  -H 'Authorization: Bearer {api_keys[0]}'" if api_keys else ""
+    auth = " \\\n  -H \"Authorization: Bearer $API_KEY\"" if api_keys else ""  # never log a key
     from adaras_vllm.organism.assets import EXAMPLE_QUESTION
 
     body = ('{"model": "%s", "messages": [{"role": "user", "content": "%s"}], '

@@ -16,6 +16,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from adaras_vllm.engine.frontend import decide
 from adaras_vllm.engine.params import KNOWN_KEYS, SteeringParamError, is_steering_key
 from adaras_vllm.engine.registry import MapRegistry
 from adaras_vllm.engine.request_context import HTTP_STEERING, HttpSteering
@@ -30,6 +31,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_ROUTES = ("/health",)
+#: Streams that end with an event naming itself final (no ``[DONE]``): responses, messages.
+FINAL_EVENT_TYPES = ("response.completed", "response.incomplete", "response.failed",
+                     "message_stop")
 DEFAULT_MAX_BODY_BYTES = 32 << 20
 
 
@@ -116,7 +120,12 @@ class SteeringMiddleware:
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             return await self._too_large(send)
-        if not headers.get(b"content-type", b"").startswith(b"application/json"):
+        types = [v for k, v in scope.get("headers") or [] if k.lower() == b"content-type"]
+        if len(types) > 1:  # parsers disagree on which one counts: refuse the ambiguity
+            return await self._reject(send, "send one Content-Type header, got "
+                                      f"{len(types)}", "body")
+        media = types[0].split(b";")[0].strip().lower() if types else b""
+        if media != b"application/json" and not media.endswith(b"+json"):
             # Uploads (audio, files): not ours to parse, but still bounded.
             return await self.app(scope, self._limited(receive), send)
         try:
@@ -139,10 +148,19 @@ class SteeringMiddleware:
                 send, f"vllm_xargs must be an object, got {type(xargs).__name__}", "vllm_xargs")
         xargs_fields = ({k: v for k, v in xargs.items() if is_steering_key(k)}
                         if isinstance(xargs, dict) else {})
+        nested = body.get("sampling_params")  # token-in/token-out routes nest extra_args
+        nested_args = nested.get("extra_args") if isinstance(nested, dict) else None
+        if isinstance(nested_args, dict):
+            xargs_fields.update({k: v for k, v in nested_args.items() if is_steering_key(k)})
         http = HttpSteering(fields=fields, xargs_fields=xargs_fields)
         if fields or xargs_fields:  # early 400 from the same decision the front end makes
+            if body.get("background") is True:
+                return await self._reject(
+                    send, "steering cannot be audited for a background response; send "
+                    "steer_* fields without background", next(iter(fields or xargs_fields)))
             try:
-                self.registry.parse(xargs_fields, fields)
+                decide(self.registry, xargs_fields, http,
+                       beam_search=bool(body.get("use_beam_search")))
             except SteeringParamError as e:
                 return await self._reject(send, str(e), e.field)
         if any(is_steering_key(k) for k in body):  # plain vLLM would ignore (or refuse) them
@@ -236,7 +254,7 @@ class _AnnotatingSend:
         self.passthrough = False
         self.body: list[bytes] = []
         self.pending = b""  # stream text not yet split into events
-        self.held: bytes | None = None  # the last complete data event, not yet sent
+        self.last_chunk: dict[str, Any] | None = None  # the last data chunk seen
         self.stream_tokens = 0
         self.stream_usage: int | None = None
 
@@ -296,6 +314,10 @@ class _AnnotatingSend:
         await self.send({"type": "http.response.body", "body": raw})
 
     async def _stream(self, message: Message) -> None:
+        """Pass events on at once (no added latency). The audit goes on the stream's last
+        event: a final event that names itself (``response.completed``, ``message_stop``)
+        is annotated; a stream closed by ``[DONE]`` gets one more chunk before it, with no
+        choices and the ``steering`` object, like the usage chunk vLLM may send."""
         self.pending += message.get("body", b"")
         out = []
         while b"\n\n" in self.pending:
@@ -303,22 +325,20 @@ class _AnnotatingSend:
             event += b"\n\n"
             data = _event_data(event)
             if data == b"[DONE]":
-                if self.held is not None:
-                    out.append(self._annotate(self.held))
-                    self.held = None
+                if self.decision is not None and self.last_chunk is not None:
+                    out.append(self._steering_chunk())
                 out.append(event)
             elif data is not None:
-                self._observe(data)
-                if self.held is not None:
-                    out.append(self.held)
-                self.held = event
+                parsed = self._observe(data)
+                if isinstance(parsed, dict) and parsed.get("type") in FINAL_EVENT_TYPES:
+                    event = self._annotate(event)
+                elif isinstance(parsed, dict):
+                    self.last_chunk = parsed
+                out.append(event)
             else:
                 out.append(event)
         more = message.get("more_body", False)
         if not more:
-            if self.held is not None:  # a stream that ended without [DONE]
-                out.append(self._annotate(self.held))
-                self.held = None
             out.append(self.pending)
             self.pending = b""
             if self.decision is not None:
@@ -326,13 +346,19 @@ class _AnnotatingSend:
                             else self.stream_tokens)
         await self.send({"type": "http.response.body", "body": b"".join(out), "more_body": more})
 
-    def _observe(self, payload: bytes) -> None:
+    def _steering_chunk(self) -> bytes:
+        last = self.last_chunk or {}
+        chunk = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
+        chunk.update({"choices": [], "steering": applied_json(self.decision)})
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    def _observe(self, payload: bytes) -> Any:
         try:
             data = json.loads(payload)
         except ValueError:
-            return
+            return None
         if not isinstance(data, dict):
-            return
+            return data
         response = data.get("response")  # /v1/responses streams its usage at the end
         usage = data.get("usage") or (response.get("usage") if isinstance(response, dict)
                                       else None)
@@ -346,6 +372,7 @@ class _AnnotatingSend:
         for choice in data.get("choices") or []:
             if isinstance(choice, dict) and "role" not in (choice.get("delta") or {}):
                 self.stream_tokens += 1
+        return data
 
     def _annotate(self, event: bytes) -> bytes:
         """The event with ``steering`` added to its JSON data (other lines kept)."""

@@ -51,6 +51,13 @@ def map_spec(maps: dict[str, Path]) -> str:
 
 
 def engine_kwargs(eager: bool, **overrides) -> dict:
+    """Engine settings of the oracle tests. ``ADARAS_TEST_EAGER=1`` forces eager everywhere
+    and ``ADARAS_TEST_ASYNC_SCHEDULING=1`` turns on async scheduling (``make gpu-check``
+    runs the same tests both ways on CUDA)."""
+    if os.environ.get("ADARAS_TEST_EAGER") == "1":
+        eager = True
+    if os.environ.get("ADARAS_TEST_ASYNC_SCHEDULING") == "1":
+        overrides.setdefault("async_scheduling", True)
     kw = dict(
         dtype="float32",
         enforce_eager=eager,

@@ -461,3 +461,33 @@ def test_per_request_steering_state_does_not_outlive_its_requests(server, prompt
     assert status["ranks"][0]["installed"] is True
     assert status["ranks"][0]["layers"] == [1, 2, 3]
     assert status["tracked_requests"] <= 1
+
+
+@pytest.mark.parametrize("content_type", ["Application/JSON", "application/json; charset=utf-8",
+                                          "APPLICATION/JSON;charset=UTF-8"])
+def test_a_content_type_in_any_spelling_is_still_validated(server, content_type):
+    r = httpx.post(f"{server}/v1/completions", timeout=60, headers={
+        **AUTH, "Content-Type": content_type},
+        content=json.dumps({"model": MODEL, "prompt": "x", "steer_alpha": 1e9}))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "steer_alpha"
+
+
+def test_two_content_type_headers_are_refused(server):
+    headers = [("Authorization", f"Bearer {KEY}"), ("Content-Type", "application/json"),
+               ("Content-Type", "text/plain")]
+    r = httpx.post(f"{server}/v1/completions", headers=headers, timeout=60,
+                   content=json.dumps({"model": MODEL, "prompt": "x", "steer_alpha": 1e9}))
+    assert r.status_code == 400
+
+
+def test_a_streamed_chat_with_beam_search_and_steering_is_a_400_before_the_stream(server):
+    r = _post(server, "/v1/chat/completions", {"model": MODEL, "messages": USER, "max_tokens": 4,
+                                               "stream": True, "use_beam_search": True, "n": 2,
+                                               "steer_alpha": 2.0})
+    assert r.status_code == 400 and "beam search" in r.json()["error"]["message"]
+
+
+def test_a_background_response_with_steering_is_refused(server):
+    r = _post(server, "/v1/responses", {**ROUTE_BODIES["/v1/responses"], "background": True,
+                                        "steer_alpha": 0.3})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "steer_alpha"

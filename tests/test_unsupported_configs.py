@@ -35,3 +35,10 @@ def test_speculative_decoding_is_refused_naming_the_flag():
     config.speculative_config = object()
     with pytest.raises(UnsupportedSteeringConfig, match="--speculative-config"):
         check_supported(config)
+
+
+def test_kv_sharing_fast_prefill_is_refused_naming_the_flag():
+    config = _config()
+    config.cache_config = SimpleNamespace(kv_sharing_fast_prefill=True)
+    with pytest.raises(UnsupportedSteeringConfig, match="--kv-sharing-fast-prefill"):
+        check_supported(config)

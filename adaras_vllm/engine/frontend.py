@@ -41,18 +41,23 @@ class InvalidSteeringRequest(VLLMValidationError, SteeringParamError):
 
 
 def decide(
-    registry: MapRegistry, extra_args: dict[str, Any] | None, http: HttpSteering | None
+    registry: MapRegistry,
+    extra_args: dict[str, Any] | None,
+    http: HttpSteering | None,
+    *,
+    beam_search: bool | None = None,
 ) -> SteeringParams:
     """A request's steering from its ``extra_args`` and, over HTTP, the body's fields.
 
     Beam search re-submits every beam as a new one-token request whose prompt holds the
     tokens generated so far, so steering could not reach positions ``t >= P - 1`` of the
     original prompt: a request that asks for steering there is refused, and the
-    operator's default is not applied.
+    operator's default is not applied. ``beam_search`` None: whether this runs inside
+    vLLM's beam search (the HTTP layer passes it from the body for its early check).
     """
     fields = http.fields if http is not None else None
     try:
-        if IN_BEAM_SEARCH.get():
+        if IN_BEAM_SEARCH.get() if beam_search is None else beam_search:
             # Beam search builds its own params without vllm_xargs: read them from HTTP.
             if http is not None:
                 extra_args = merge_request_fields(extra_args, http.xargs_fields)
@@ -81,12 +86,14 @@ def patch_input_validation() -> None:
     from vllm.sampling_params import SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.engine.llm_engine import LLMEngine
 
     if getattr(InputProcessor.process_inputs, "_adaras", False):
         return
     original_init = InputProcessor.__init__
     original_process = InputProcessor.process_inputs
     original_add = AsyncLLM.add_request
+    original_engine_add = LLMEngine.add_request
 
     @functools.wraps(original_init)
     def __init__(self, vllm_config, *args, **kwargs):  # noqa: ANN001, ANN202
@@ -120,13 +127,16 @@ def patch_input_validation() -> None:
 
         if registry and isinstance(params, SamplingParams):
             http = HTTP_STEERING.get()
+            core_request = isinstance(prompt, EngineCoreRequest)
+            # A ready EngineCoreRequest skips process_inputs: its own params are what runs.
+            source = prompt.sampling_params if core_request else params
             try:
-                decision = decide(registry, params.extra_args, http)
+                decision = decide(registry, getattr(source, "extra_args", None), http)
             except InvalidSteeringRequest as e:
                 if http is not None:
                     http.rejected = e.field
                 raise
-            if isinstance(prompt, EngineCoreRequest) and prompt.sampling_params is not None:
+            if core_request and prompt.sampling_params is not None:
                 prompt.sampling_params.extra_args = _with_resolved(prompt.sampling_params,
                                                                    decision)
             params = copy.copy(params)  # the caller's params may be shared: never mutate
@@ -135,11 +145,25 @@ def patch_input_validation() -> None:
                 http.decisions.append(decision)
         return await original_add(self, request_id, prompt, params, *args, **kwargs)
 
+    @functools.wraps(original_engine_add)
+    def engine_add_request(self, request_id, prompt, params, *args, **kwargs):  # noqa: ANN001, ANN202
+        # Offline: a raw prompt goes through process_inputs; a ready EngineCoreRequest
+        # does not, so decide for it here.
+        from vllm.v1.engine import EngineCoreRequest
+
+        registry = active_registry()
+        if (registry and isinstance(prompt, EngineCoreRequest)
+                and prompt.sampling_params is not None):
+            decision = decide(registry, prompt.sampling_params.extra_args, None)
+            prompt.sampling_params.extra_args = _with_resolved(prompt.sampling_params, decision)
+        return original_engine_add(self, request_id, prompt, params, *args, **kwargs)
+
     InputProcessor.__init__ = __init__
     process_inputs._adaras = True
     InputProcessor.process_inputs = process_inputs
     add_request._adaras = True
     AsyncLLM.add_request = add_request
+    LLMEngine.add_request = engine_add_request
     _patch_beam_search()
 
 

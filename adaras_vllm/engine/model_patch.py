@@ -15,6 +15,7 @@ from .steer import LayerTable, SteeringTables, build_layer_table, steer_
 
 _DOWN_PROJ = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.down_proj$")
 _MLP = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp$")
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)$")
 
 
 class SteeredDownProj:
@@ -57,6 +58,12 @@ def _shard_of(down_proj: nn.Module, full_size: int) -> tuple[int, int]:
     return rank * local, local
 
 
+def layers_of_other_stages(model: nn.Module) -> set[int]:
+    """Decoder layers another pipeline stage owns: vLLM leaves a ``PPMissingLayer`` here."""
+    return {int(m.group(1)) for name, mod in model.named_modules()
+            if type(mod).__name__ == "PPMissingLayer" and (m := _LAYER.search(name))}
+
+
 def find_mlps(model: nn.Module) -> tuple[dict[int, nn.Module], dict[int, nn.Module]]:
     """``layers.N.mlp`` and ``layers.N.mlp.down_proj`` modules by layer index."""
     mlps: dict[int, nn.Module] = {}
@@ -79,14 +86,17 @@ def install_steering(
 ) -> SteeringState:
     """Validate the maps against the model, patch each mapped layer, return the buffers.
 
-    Raises ``MapMismatchError`` at start-up for a map that does not fit the model, a
-    mapped layer that has no ``mlp.down_proj`` here, or an MoE MLP.
+    Maps are validated against the whole model; with pipeline parallelism each stage
+    patches only the layers it owns. Raises ``MapMismatchError`` at start-up for a map
+    that does not fit the model, a mapped layer that has no ``mlp.down_proj`` here, or an
+    MoE MLP.
     """
     for m in maps:
         m.validate(model_config)
     mlps, downs = find_mlps(model)
+    elsewhere = layers_of_other_stages(model)
     layer_tables: dict[int, LayerTable] = {}
-    for layer in sorted({layer for m in maps for layer in m.layers}):
+    for layer in sorted({layer for m in maps for layer in m.layers} - elsewhere):
         down = downs.get(layer)
         if down is None:
             mlp = mlps.get(layer)

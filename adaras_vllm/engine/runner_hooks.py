@@ -3,7 +3,7 @@ buffers once per step where the batch layout is final.
 
 Two runners exist in vLLM 0.32: V1 (``v1/worker/gpu_model_runner.py``, also the base of
 the CPU runner) and V2 (``v1/worker/gpu/model_runner.py``, the default on CUDA). Both are
-supported; the fill itself (``SteeringState.fill``) is shared.
+supported; the fill itself (``SteeringState.fill_requests``) is shared.
 """
 
 from __future__ import annotations

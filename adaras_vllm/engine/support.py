@@ -27,6 +27,12 @@ def unsupported_reasons(vllm_config: Any) -> list[str]:
             "--pipeline-parallel-size > 1 is not supported with steering yet (layers of other "
             "stages are missing in each worker); use tensor parallelism"
         )
+    cache = getattr(vllm_config, "cache_config", None)
+    if cache is not None and getattr(cache, "kv_sharing_fast_prefill", False):
+        reasons.append(
+            "--kv-sharing-fast-prefill runs some layers on a subset of the tokens, so their "
+            "rows are not the step's tokens; turn it off"
+        )
     if getattr(vllm_config, "speculative_config", None) is not None:
         reasons.append(
             "speculative decoding (--speculative-config) verifies draft tokens in layouts the "
