@@ -51,7 +51,7 @@ def test_a_map_for_another_shape_is_refused():
 
 def test_a_map_naming_a_layer_the_model_lacks_is_refused():
     model, cfg = _hf("qwen3")
-    del model.model.layers[3]  # e.g. a pipeline stage or a pruned model
+    del model.model.layers[3]  # e.g. a pruned model
     message = r"steer layer 3, but the model has no layers.3.mlp.down_proj"
     with pytest.raises(MapMismatchError, match=message):
         install_steering(model, [_map_for(cfg, [3])], cfg, max_tokens=8, dtype=torch.float32)
@@ -78,3 +78,16 @@ def test_vllm_refuses_to_start_with_a_map_for_another_model(qwen3_tiny, monkeypa
     monkeypatch.setenv(ENV_VAR, map_spec(llama_maps))
     with pytest.raises(MapMismatchError, match="model_type is 'llama' but the model has 'qwen3'"):
         LLM(str(model_dir), dtype="float32", enforce_eager=True, max_model_len=256)
+
+
+def test_a_pipeline_stage_patches_only_the_layers_it_owns():
+    """vLLM leaves a PPMissingLayer where another stage owns the layer: that is not a map
+    mismatch, and only this stage's mapped layers are patched."""
+    from vllm.model_executor.models.utils import PPMissingLayer
+
+    model, cfg = _hf("qwen3")
+    model.model.layers[1] = PPMissingLayer()  # owned by the other stage
+    state = install_steering(model, [_map_for(cfg, [1, 3])], cfg, max_tokens=8,
+                             dtype=torch.float32)
+    assert state.steered_layers == [3]
+    assert type(model.model.layers[3].mlp.down_proj).__name__.startswith("Steered")

@@ -25,9 +25,8 @@ def test_micro_batching_is_refused_naming_the_flag():
         check_supported(_config(enable_dbo=True))
 
 
-def test_pipeline_parallel_is_refused_naming_the_flag():
-    with pytest.raises(UnsupportedSteeringConfig, match="--pipeline-parallel-size > 1"):
-        check_supported(_config(pipeline_parallel_size=2))
+def test_pipeline_parallel_is_accepted_each_stage_steers_its_own_layers():
+    check_supported(_config(pipeline_parallel_size=2))
 
 
 def test_speculative_decoding_is_refused_naming_the_flag():

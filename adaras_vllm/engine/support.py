@@ -22,11 +22,6 @@ def unsupported_reasons(vllm_config: Any) -> list[str]:
             "micro-batching (--enable-dbo / --ubatch-size > 1) runs the model on token slices "
             "that the per-token steering buffers do not follow; turn it off"
         )
-    if parallel is not None and int(getattr(parallel, "pipeline_parallel_size", 1)) > 1:
-        reasons.append(
-            "--pipeline-parallel-size > 1 is not supported with steering yet (layers of other "
-            "stages are missing in each worker); use tensor parallelism"
-        )
     cache = getattr(vllm_config, "cache_config", None)
     if cache is not None and getattr(cache, "kv_sharing_fast_prefill", False):
         reasons.append(
