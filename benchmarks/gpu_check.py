@@ -27,7 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ORACLE_TESTS = ["tests/test_engine_qwen3.py", "tests/test_engine_archs.py",
-                "tests/test_engine_async.py", "tests/test_engine_preemption.py"]
+                "tests/test_engine_async.py", "tests/test_engine_preemption.py",
+                "tests/test_engine_pp.py"]  # PP=2 runs where two GPUs are visible
 
 ENV_PROBE = """
 import json, platform, torch
