@@ -52,6 +52,12 @@ bench: install
 gpu-check: install
 	$(PY) benchmarks/gpu_check.py --out gpu-check.json
 
+# Reliability (README "Reliability"): adaras serve under load with disconnects and cancels
+# (32 users, 60 s), then schema fuzzing (schemathesis + hypothesis); about 15 minutes.
+# Its quick form runs in make test (tests/test_reliability_quick.py).
+reliability: install
+	$(PY) benchmarks/reliability/run.py --out out/reliability
+
 # The organism experiment (README "Does steering help?"): problems, map, validation grid.
 # The test-split command with the alpha and neuron count chosen here is in the README.
 ORG := out/organism

@@ -136,22 +136,25 @@ class SteeringMiddleware:
             body = json.loads(raw)
         except RecursionError:
             return await self._reject(send, "the request body nests JSON too deeply", "body")
-        except ValueError:  # not ours to judge: vLLM answers malformed bodies
-            return await self.app(scope, _replay(raw, receive), send)
+        except ValueError as e:  # answered in the OpenAI error shape, as every other 400
+            return await self._reject(send, f"the request body is not valid JSON ({e})",
+                                      "body", count=False)
         if not isinstance(body, dict):
             return await self.app(scope, _replay(raw, receive), send)
 
+        # null means absent, as for OpenAI's own optional fields
         fields = {k: v for k, v in body.items() if is_steering_key(k) and v is not None}
         xargs = body.get("vllm_xargs")
         if xargs is not None and not isinstance(xargs, dict):
             return await self._reject(
                 send, f"vllm_xargs must be an object, got {type(xargs).__name__}", "vllm_xargs")
-        xargs_fields = ({k: v for k, v in xargs.items() if is_steering_key(k)}
+        xargs_fields = ({k: v for k, v in xargs.items() if is_steering_key(k) and v is not None}
                         if isinstance(xargs, dict) else {})
         nested = body.get("sampling_params")  # token-in/token-out routes nest extra_args
         nested_args = nested.get("extra_args") if isinstance(nested, dict) else None
         if isinstance(nested_args, dict):
-            xargs_fields.update({k: v for k, v in nested_args.items() if is_steering_key(k)})
+            xargs_fields.update({k: v for k, v in nested_args.items()
+                                 if is_steering_key(k) and v is not None})
         http = HttpSteering(fields=fields, xargs_fields=xargs_fields)
         if fields or xargs_fields:  # early 400 from the same decision the front end makes
             if body.get("background") is True:
@@ -163,18 +166,25 @@ class SteeringMiddleware:
                        beam_search=bool(body.get("use_beam_search")))
             except SteeringParamError as e:
                 return await self._reject(send, str(e), e.field)
-        if any(is_steering_key(k) for k in body):  # plain vLLM would ignore (or refuse) them
-            raw = json.dumps({k: v for k, v in body.items() if not is_steering_key(k)}).encode()
+        if any(is_steering_key(k) for k in body) or _has_null_steering(xargs):
+            # plain vLLM would ignore (or refuse) them; the front end has them from `http`
+            body = {k: v for k, v in body.items() if not is_steering_key(k)}
+            if isinstance(xargs, dict):
+                body["vllm_xargs"] = {k: v for k, v in xargs.items()
+                                      if not (is_steering_key(k) and v is None)}
+            raw = json.dumps(body).encode()
         token = HTTP_STEERING.set(http)
         try:
-            await self.app(scope, _replay(raw, receive),
+            await self.app(scope, _replay(raw, receive, http),
                            _AnnotatingSend(send, http, routed_path(scope)))
         finally:
             HTTP_STEERING.reset(token)
         return None
 
-    async def _reject(self, send: Send, message: str, field: str | None) -> None:
-        REJECTED_REQUESTS.labels(field=metric_field(field)).inc()
+    async def _reject(self, send: Send, message: str, field: str | None,
+                      count: bool = True) -> None:
+        if count:
+            REJECTED_REQUESTS.labels(field=metric_field(field)).inc()
         await send_json(send, 400, openai_error(400, message, field, "BadRequestError"))
 
     async def _too_large(self, send: Send) -> None:
@@ -222,9 +232,15 @@ def _event_data(event: bytes) -> bytes | None:
     return None
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def _has_null_steering(xargs: Any) -> bool:
+    return isinstance(xargs, dict) and any(is_steering_key(k) and v is None
+                                           for k, v in xargs.items())
+
+
+def _replay(body: bytes, receive: Receive, http: HttpSteering | None = None) -> Receive:
     """Hand the (rewritten) body downstream once, then the client's own events: vLLM
-    polls for a disconnect while it generates, and must see only a real one."""
+    polls for a disconnect while it generates, and must see only a real one (noted on
+    ``http``: a request the client abandoned is neither refused nor counted)."""
     sent = False
 
     async def replayed() -> Message:
@@ -232,7 +248,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        message = await receive()
+        if message.get("type") == "http.disconnect" and http is not None:
+            http.disconnected = True
+        return message
 
     return replayed
 
@@ -288,7 +307,8 @@ class _AnnotatingSend:
 
     async def _finish_json(self) -> None:
         raw = b"".join(self.body)
-        if self.decision is None and (self.http.fields or self.http.xargs_fields):
+        if (self.decision is None and (self.http.fields or self.http.xargs_fields)
+                and not self.http.disconnected):
             REJECTED_REQUESTS.labels(field=metric_field(next(iter(
                 self.http.fields or self.http.xargs_fields)))).inc()
             message = (f"{self.path} does not apply steering; send steer_* fields only to "

@@ -18,25 +18,31 @@ REF_PREFIX = "#/components/schemas/"
 
 
 def steering_request_properties(policy: SteeringPolicy) -> dict[str, Any]:
+    """The three fields, each also ``null`` (= absent), as pydantic writes ``Optional``."""
     bound = policy.max_alpha
-    return {
+    fields = {
         "steer_alpha": {
             "type": "number", "minimum": -bound, "maximum": bound,
-            "title": "Steer Alpha",
             "description": "Steering strength added as alpha * w to the map's neurons at the "
                            "last prompt token and every generated token. 0 disables; absent: "
                            "the server default. Same as vllm_xargs.steer_alpha.",
         },
         "steer_map": {
-            "type": "string", "enum": policy.map_names, "title": "Steer Map",
+            "type": "string", "enum": policy.map_names,
             "description": f"Which loaded neuron map; absent: {policy.map_names[0]!r}.",
         },
         "steer_mode": {
-            "type": "string", "enum": list(SERVER_MODES), "default": "always",
-            "title": "Steer Mode",
+            "type": "string", "enum": list(SERVER_MODES),
             "description": "'always' steers with steer_alpha, 'off' never steers; "
                            "'adaptive' needs a correctness gate (no map has one yet).",
         },
+    }
+    return {
+        name: {"anyOf": [schema, {"type": "null"}],
+               "title": name.replace("_", " ").title(),
+               "description": schema.pop("description"),
+               **({"default": "always"} if name == "steer_mode" else {})}
+        for name, schema in fields.items()
     }
 
 

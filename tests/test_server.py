@@ -196,6 +196,8 @@ BAD_REQUESTS = [
     ({"steer_strength": 1}, "steer_strength"),
     ({"Steer_Alpha": 0.3}, "Steer_Alpha"),
     ({"STEER_MAP": "alpha_map"}, "STEER_MAP"),
+    ({"steer-alpha": 0.3}, "steer-alpha"),
+    ({"steeralpha": 0.3}, "steeralpha"),
     ({"vllm_xargs": {"steer_alpha": "abc"}}, "steer_alpha"),
     ({"vllm_xargs": {"steer_map": "nope"}}, "steer_map"),
     ({"steer_alpha": 0.3, "vllm_xargs": {"steer_alpha": 0.5}}, "steer_alpha"),
@@ -292,9 +294,10 @@ def test_openapi_documents_the_steering_fields(server):
         assert ok["schema"]["properties"]["steering"]["$ref"].endswith("/SteeringApplied")
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         props = schema[name]["properties"]
-        assert props["steer_alpha"]["maximum"] == 8.0
-        assert props["steer_map"]["enum"] == ["alpha_map", "beta_map"]
-        assert "always" in props["steer_mode"]["enum"]
+        alpha, null = props["steer_alpha"]["anyOf"]
+        assert alpha["maximum"] == 8.0 and null == {"type": "null"}
+        assert props["steer_map"]["anyOf"][0]["enum"] == ["alpha_map", "beta_map"]
+        assert "always" in props["steer_mode"]["anyOf"][0]["enum"]
     assert set(schema["SteeringApplied"]["properties"]) == {"map", "alpha", "applied", "mode"}
 
 
@@ -491,3 +494,53 @@ def test_a_background_response_with_steering_is_refused(server):
     r = _post(server, "/v1/responses", {**ROUTE_BODIES["/v1/responses"], "background": True,
                                         "steer_alpha": 0.3})
     assert r.status_code == 400 and r.json()["error"]["param"] == "steer_alpha"
+
+
+def test_null_means_absent_at_the_top_level_and_in_vllm_xargs(server, prompts):
+    absent = complete_raw(server, prompts[1])
+    for fields in ({"steer_alpha": None}, {"vllm_xargs": {"steer_alpha": None}},
+                   {"steer_alpha": 0.5, "vllm_xargs": {"steer_alpha": None}}):
+        r = _post(server, "/v1/completions", {**_completion(prompts[1]), **fields})
+        assert r.status_code == 200, (fields, r.text)
+        expected = 0.5 if fields.get("steer_alpha") == 0.5 else absent["steering"]["alpha"]
+        assert r.json()["steering"]["alpha"] == expected
+
+
+def test_a_body_that_is_not_json_is_a_400_in_the_openai_error_shape(server):
+    r = httpx.post(f"{server}/v1/chat/completions", content=b"{not json", timeout=60,
+                   headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "body"
+
+
+def test_requests_the_client_abandons_are_not_counted_as_rejected(server):
+    def rejected() -> float:
+        text = httpx.get(f"{server}/metrics", headers=AUTH).text
+        return sum(float(ln.split()[-1]) for ln in text.splitlines()
+                   if ln.startswith("adaras_rejected_requests_total"))
+
+    before = rejected()
+
+    async def abandon():
+        async with httpx.AsyncClient(base_url=server, headers=AUTH, timeout=60) as c:
+            for delay in (0.002, 0.02, 0.05, 0.1, 0.2):
+                task = asyncio.ensure_future(c.post("/v1/chat/completions", json={
+                    "model": MODEL, "messages": USER, "max_tokens": 32, "steer_alpha": 2}))
+                await asyncio.sleep(delay)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(abandon())
+    import time
+
+    time.sleep(2)
+    assert rejected() == before
+
+
+def _completion(ids):
+    return {"model": MODEL, "prompt": ids, "max_tokens": 8, "temperature": 0.0,
+            "ignore_eos": True}
+
+
+def complete_raw(server, ids):
+    return _post(server, "/v1/completions", _completion(ids)).json()

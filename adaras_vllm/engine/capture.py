@@ -14,8 +14,10 @@ preemption starts its sum again. Only prompt positions are captured.
 
 A request opts in with ``SamplingParams.extra_args["adaras_capture"] = "<key>"``; finished
 sums are collected per key through ``LLM.collective_rpc("adaras_capture_fetch")``.
-Capture runs eager (the sums are mutated module state) and needs prefix caching off
-(cached tokens never reach the forward; such a result is flagged ``complete=False``).
+Capture needs prefix caching off (cached tokens never reach the forward; such a result is
+flagged ``complete=False``). It runs eager or compiled: the sums and the slot buffer are
+static tensors, allocated once and only mutated in place, so a torch.compile'd graph reads
+them by reference and its in-place accumulation lands in the same storage.
 """
 
 from __future__ import annotations

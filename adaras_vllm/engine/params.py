@@ -58,9 +58,16 @@ class SteeringParams:
         return {STEER_ALPHA: self.alpha, STEER_MAP: self.map_name, STEER_MODE: self.mode}
 
 
+_LOOKALIKES = ("steeralpha", "steermap", "steermode")
+
+
 def is_steering_key(key: object) -> bool:
-    """``steer_*`` in any letter case: a misspelt ``Steer_Alpha`` must not pass silently."""
-    return isinstance(key, str) and key.lower().startswith("steer_")
+    """``steer_*`` in any letter case, or with ``-`` or nothing for ``_``: a misspelt
+    ``Steer_Alpha`` or ``steer-alpha`` must not pass silently."""
+    if not isinstance(key, str):
+        return False
+    folded = key.lower().replace("-", "_")
+    return folded.startswith("steer_") or folded in _LOOKALIKES
 
 
 def max_steer_alpha() -> float:
@@ -130,9 +137,9 @@ def parse_steering(
     unknown = sorted(str(k) for k in args if is_steering_key(k) and k not in KNOWN_KEYS)
     if unknown:
         raise SteeringParamError(
-            f"unknown steering field(s) {', '.join(map(repr, unknown))}; "
+            f"unknown steering field(s) {', '.join(_short(k) for k in unknown[:5])}; "
             f"known fields are {', '.join(KNOWN_KEYS)}",
-            field=unknown[0],
+            field=unknown[0][:_FIELD_CHARS],
         )
     bound = max_steer_alpha() if max_alpha is None else max_alpha
 
@@ -189,6 +196,7 @@ def _finite_or_nan(raw: Any) -> float:
 
 
 _INT_DIGITS = 4300
+_FIELD_CHARS = 100  # a client-chosen key name echoed as ``param``: cut, like values
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -25,6 +25,7 @@ class HttpSteering:
     xargs_fields: dict[str, Any] = field(default_factory=dict)  # steer_* of vllm_xargs
     decisions: list[SteeringParams] = field(default_factory=list)
     rejected: str | None = None  # the field the front end refused, for the metrics
+    disconnected: bool = False  # the client went away before the response
 
 
 HTTP_STEERING: contextvars.ContextVar[HttpSteering | None] = contextvars.ContextVar(
