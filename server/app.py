@@ -22,6 +22,7 @@ from .middleware import DEFAULT_MAX_BODY_BYTES, ApiKeyMiddleware, SteeringMiddle
 from .openapi import document_steering
 from .routes import add_steering_routes
 from .steering_fields import SteeringPolicy
+from .upstream_guards import guard_responses_rendering
 
 DEFAULT_MAX_STEER_ALPHA = 8.0
 DEFAULT_MODEL_NAME = "adaras-tiny-qwen3"
@@ -185,6 +186,7 @@ def install_in_every_process() -> None:
 
     cli_env_setup()
     register()
+    guard_responses_rendering()
 
 
 async def check_engine_steers(engine_client, policy: SteeringPolicy) -> list[int]:  # noqa: ANN001

@@ -544,3 +544,25 @@ def _completion(ids):
 
 def complete_raw(server, ids):
     return _post(server, "/v1/completions", _completion(ids)).json()
+
+
+UNRENDERABLE_INPUTS = {
+    "function_call_output with an empty input_file": [
+        {"type": "function_call_output", "id": "", "status": "completed",
+         "output": [{"type": "input_file", "detail": None}]}],
+    "assistant message without content": [
+        {"type": "message", "role": "assistant", "id": "", "status": "completed",
+         "content": []}],
+    "assistant refusal part": [
+        {"type": "message", "role": "assistant", "id": "", "status": "completed",
+         "content": [{"type": "refusal", "refusal": ""}]}],
+}
+
+
+@pytest.mark.parametrize("name", list(UNRENDERABLE_INPUTS))
+def test_responses_input_that_crashes_vllms_renderer_is_a_400_naming_input(server, name):
+    """Found by schema fuzzing: vLLM 0.32 answers these with a 500 and no message."""
+    r = _post(server, "/v1/responses", {"model": MODEL, "max_output_tokens": 4,
+                                        "input": UNRENDERABLE_INPUTS[name]})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "input"
