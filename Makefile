@@ -42,9 +42,16 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not engine"
 
+# Figures for the README: run on an otherwise idle machine. Every comparison runs both
+# sides on the same core and threads (vLLM's CPU worker binds to one core; the other
+# side is pinned to it) and alternates them; each script prints threads and affinity.
 bench: install
-	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/capture_throughput.py
+	$(PY) benchmarks/overhead.py --out out/bench/overhead.json
+	$(PY) benchmarks/overhead.py --distinct-alphas-two-maps --new-tokens 32 \
+	    --out out/bench/overhead-2maps.json
+	$(PY) benchmarks/steer_op.py --out out/bench/steer_op.json
+	$(PY) benchmarks/paper_vs_ours.py --out out/bench/paper_vs_ours.json
+	$(PY) benchmarks/capture_throughput.py --profile --out out/bench/capture.json
 
 # On a CUDA machine (make install EXTRAS=gpu,test first): the CUDA-graph test, the oracle
 # tests with vLLM's CUDA defaults (V2 runner, CUDA graphs, async scheduling) and eager, and
