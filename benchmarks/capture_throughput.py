@@ -425,6 +425,7 @@ def main() -> None:
             print(benchlib.table(["top op", "self s", "calls"], [
                 [o["op"][:60], o["self_cpu_s"], o["count"]] for o in ops["top"][:8]]))
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -243,6 +243,7 @@ def main() -> None:
             print(f"{batch:5d} {base[batch]:10.1f} {a0:10.1f} {a0 / base[batch]:6.3f} "
                   f"{dist:10.1f} {dist / base[batch]:6.3f}")
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({
             "rows": rows, "off": off, "on": on, "mode": "two_maps" if two_maps else "default",
             "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,

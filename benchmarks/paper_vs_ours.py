@@ -323,6 +323,7 @@ def main() -> None:
                           for k, v in ratios.items() if v is not None]))
     print(f"greedy check: {matched}/{len(check)} prompts identical (paper hook vs vLLM)")
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
             "benchmark": "paper_vs_ours",
             "model": str(model_dir),

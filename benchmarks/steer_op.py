@@ -373,6 +373,7 @@ def main() -> None:
     if not all(v["bit_equal_to_steer_"] for r in results for v in r["op_variants"].values()):
         print("WARNING: a formulation differed from steer_")
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
             "benchmark": "steer_op",
             "dtype": args.dtype,
