@@ -24,9 +24,8 @@ for this local engine only) to send the instrumentation to the worker.
 
 ``--engine-variants`` times other capture settings against the default engine in the
 same alternation, e.g. ``compiled`` (torch.compile instead of eager), ``seqs64``
-(max_num_seqs 64), ``tokens8192`` (max_num_batched_tokens 8192), ``unblocked`` (bf16/fp16:
-the capture's fp32 conversion of a whole step at once, as before it was blocked); each is
-checked against HF's means too.
+(max_num_seqs 64), ``tokens8192`` (max_num_batched_tokens 8192); each is checked against
+HF's means too.
 
     python benchmarks/capture_throughput.py [--model DIR] [--traces FILE] [--limit N]
         [--rounds 3] [--dtype float32] [--profile] [--engine-variants compiled,...]
@@ -55,18 +54,8 @@ VARIANTS = {
     "seqs8": {"max_num_seqs": 8},
     "tokens8192": {"max_num_batched_tokens": 8192},
     "tokens2048": {"max_num_batched_tokens": 2048},
-    # Before the blocked conversion: one fp32 copy of the whole step per layer (changes
-    # nothing for fp32 models). Set in the worker after start, through an RPC.
-    "unblocked": {},
 }
-POST_START = {"unblocked": "_worker_unblocked"}
-
-
-def _worker_unblocked(worker) -> int:  # noqa: ANN001
-    import adaras_vllm.engine.capture as capture
-
-    capture.CPU_CONVERT_BLOCK = 1 << 40
-    return capture.CPU_CONVERT_BLOCK
+POST_START: dict[str, str] = {}
 
 
 def default_model() -> Path:
@@ -129,7 +118,8 @@ def _worker_instrument(worker, profile_ops: bool) -> bool:  # noqa: ANN001
         # The capture accumulation alone (eager: a compiled graph does not call it again).
         from adaras_vllm.engine.capture import CapturedDownProj
 
-        if runner.model_config.enforce_eager and not hasattr(CapturedDownProj, "_bench_orig"):
+        if (runner.model_config.enforce_eager and hasattr(CapturedDownProj, "adaras_accumulate")
+                and not hasattr(CapturedDownProj, "_bench_orig")):
             CapturedDownProj._bench_orig = CapturedDownProj.adaras_accumulate
 
             def accumulate(self, x):  # noqa: ANN001, ANN202
