@@ -1,6 +1,7 @@
 """In-engine capture: per-trace mean of every layer's down_proj input equals what the
 paper's HF forward-pre-hook computes (fp32, 1e-4), for traces of different lengths sharing
-batches, under chunked prefill, preemption and tensor parallelism."""
+batches, under chunked prefill, preemption and tensor parallelism, eager and with vLLM's
+torch.compile (``ActivationCapture(compiled=True)``)."""
 
 from __future__ import annotations
 
@@ -120,3 +121,38 @@ def test_tensor_parallel_ranks_join_their_shards(qwen3_tiny, prompts, reference)
         else:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
     assert _max_error(got, reference) < TOL
+
+
+# ---- compiled: the graph's in-place accumulation into the static sums is the eager one's
+
+
+@pytest.fixture(scope="module")
+def compiled(qwen3_tiny):
+    with _engine(qwen3_tiny[0], compiled=True) as cap:
+        yield cap
+
+
+def test_engine_is_compiled(compiled):
+    cfg = compiled.llm.llm_engine.vllm_config
+    assert not cfg.model_config.enforce_eager
+    assert int(cfg.compilation_config.mode) != 0  # not CompilationMode.NONE
+
+
+def test_compiled_means_equal_hf_forward_hook_means_under_chunked_prefill(compiled, prompts,
+                                                                          reference):
+    got = dict(compiled.means(prompts))
+    assert sorted(got) == list(range(len(prompts)))
+    assert _max_error(got, reference) < TOL
+
+
+def test_compiled_slots_reused_across_calls_give_each_prompt_its_own_mean(compiled, prompts,
+                                                                          reference):
+    many = prompts * 3  # 24 prompts through 4 slots, over several generate calls
+    compiled.chunk = 5
+    try:
+        got = dict(compiled.means(many))
+    finally:
+        compiled.chunk = 16
+    for k in range(3):
+        assert _max_error({i: got[i + k * len(prompts)] for i in range(len(prompts))},
+                          reference) < TOL
