@@ -218,8 +218,32 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"  {layer:>5}  {weights.numel():>7}  {_weight_columns(weights)}")
     all_weights = torch.cat([weights for _, weights in neuron_map.layers.values()])
     print(f"  {'total':>5}  {all_weights.numel():>7}  {_weight_columns(all_weights)}")
+    gate = neuron_map.gate
+    if gate is not None:
+        gate_layers = sorted(set(gate.layers.tolist()))
+        print(f"\n  gate               {gate.num_features} features in {len(gate_layers)} "
+              f"layers ({_ranges(gate_layers)}), hidden {gate.hidden}, "
+              f"threshold {gate.threshold:.6g} (steer iff p_good < threshold)")
+        for key, value in sorted(gate.provenance.items()):
+            print(f"  {key:<18} {value or '-'}")
+    else:
+        print("\n  gate               none (steer_mode 'adaptive' needs one: adaras gate train)")
     print(f"\n{_summary(neuron_map)}")
     return 0
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out: list[str] = []
+    start = prev = values[0]
+    for v in values[1:] + [None]:  # type: ignore[list-item]
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(f"{start}-{prev}" if prev != start else f"{start}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(out)
 
 
 def _validate(args: argparse.Namespace) -> int:

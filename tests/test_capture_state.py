@@ -120,3 +120,23 @@ def test_wire_format_round_trips_sums_exactly():
     r = CaptureResult(np.arange(6, dtype=np.float32).reshape(2, 3), 4, 4, True)
     back = CaptureResult.from_wire(r.to_wire())
     assert np.array_equal(back.sums, r.sums) and back.tokens == 4 and back.complete
+
+
+def test_token_slots_follow_the_devices_layout_not_the_host_counts():
+    """The device's query_start_loc / positions decide which token lands in which slot."""
+    s = _state()
+    keys = [s.key_of("a", _Params("ka")), s.key_of("b", _Params("kb"))]
+    # Host counts say 3 + 2 tokens; the device's own layout says 2 + 3, at other positions.
+    s.on_step(["a", "b"], keys, np.array([3, 2]), np.array([0, 0]), np.array([5, 5]),
+              query_start_loc=torch.tensor([0, 2, 5]),
+              positions=torch.tensor([0, 1, 0, 1, 7]))
+    slot_a, slot_b = s._owner["a"][1], s._owner["b"][1]
+    assert s.slot[:5].tolist() == [slot_a, slot_a, slot_b, slot_b, s.trash]
+    assert bool((s.slot[5:] == s.trash).all())
+
+
+def test_rows_past_this_steps_tokens_return_to_the_trash_row():
+    s = _state()
+    _step(s, [("a", "k", 6, 0, 9)])
+    _step(s, [("a", "k", 2, 6, 9)])
+    assert bool((s.slot[2:] == s.trash).all()) and s.slot[:2].tolist() != [s.trash] * 2

@@ -6,11 +6,12 @@ intermediate floats per trace; instead each request that asks for capture gets a
 and every layer adds its tokens' activations into that slot's running sum on the device,
 so memory is ``layers x (slots + 1) x intermediate`` floats however long the traces are.
 
-Per step, outside the forward, a static per-token buffer maps each scheduled token to its
-request's slot (tokens not captured go to a trash row). Inside the forward each layer does
-one ``index_add_`` into its sums. Positions come from the number of computed tokens, so
-chunked prefill simply continues a slot's sum; a request recomputed from position 0 after
-preemption starts its sum again. Only prompt positions are captured.
+Per step, outside the forward, the host writes each request's slot and prompt length;
+the device maps every scheduled token to its request (from the batch's own
+``query_start_loc``) and, from the batch's own ``positions``, to its slot or to a trash
+row (tokens not captured, padding). Inside the forward each layer does one ``index_add_``
+into its sums. Chunked prefill simply continues a slot's sum; a request recomputed from
+position 0 after preemption starts its sum again. Only prompt positions are captured.
 
 A request opts in with ``SamplingParams.extra_args["adaras_capture"] = "<key>"``; finished
 sums are collected per key through ``LLM.collective_rpc("adaras_capture_fetch")``.
@@ -29,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from .token_rows import TokenRequestIndex, host_layout
 
 CAPTURE_ENV = "ADARAS_CAPTURE"
 CAPTURE_KEY = "adaras_capture"
@@ -91,9 +94,22 @@ class CaptureState:
         self.sums = torch.zeros(num_layers, max_slots + 1, width, dtype=torch.float32,
                                 device=device)
         self.slot = torch.full((max_tokens,), self.trash, dtype=torch.int64, device=device)
-        self._slot_host = self.slot if device.type == "cpu" else torch.full_like(
-            self.slot, self.trash, device="cpu")
-        self._slot_np = self._slot_host.numpy()
+        # Per request row (a step has at most one request per token) plus the padding row:
+        # slot and prompt length, written by the host.
+        rows = max_tokens + 1
+        self.req_slot = torch.full((rows,), self.trash, dtype=torch.int64, device=device)
+        self.req_prompt_len = torch.zeros(rows, dtype=torch.int64, device=device)
+        self._host = (self.req_slot, self.req_prompt_len) if device.type == "cpu" else (
+            torch.full_like(self.req_slot, self.trash, device="cpu"),
+            torch.zeros_like(self.req_prompt_len, device="cpu"))
+        self._host_np = tuple(t.numpy() for t in self._host)
+        self._rows = TokenRequestIndex(max_tokens, max_tokens, device)
+        self._tok_slot = torch.zeros(max_tokens, dtype=torch.int64, device=device)
+        self._tok_plen = torch.zeros(max_tokens, dtype=torch.int64, device=device)
+        self._in_prompt = torch.zeros(max_tokens, dtype=torch.bool, device=device)
+        self._trash_fill = torch.full((max_tokens,), self.trash, dtype=torch.int64,
+                                      device=device)
+        self._dirty = 0  # leading token rows of ``slot`` that may not be trash
         self._free = list(range(max_slots - 1, -1, -1))
         self._owner: dict[str, tuple[str, int]] = {}  # req_id -> (key, slot)
         self._tokens = np.zeros(max_slots, np.int64)
@@ -118,8 +134,12 @@ class CaptureState:
         num_computed: np.ndarray,
         prompt_len: np.ndarray,
         live: set[str] | None = None,
+        query_start_loc: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> None:
-        """Route this step's tokens to slots (arrays per batch row, rows back to back).
+        """Route this step's tokens to slots. Host arrays are per batch row (bookkeeping);
+        ``query_start_loc`` (``[R + 1]``) and ``positions`` (``[T]``) are the batch's own
+        device tensors (built back to back from the host counts when not given).
 
         ``live`` (V1, which has no removal hook) lets slots of vanished requests go.
         """
@@ -161,17 +181,11 @@ class CaptureState:
             self.sums.index_fill_(1, idx, 0.0)
             self._tokens[fresh] = 0
 
-        # Per-token slot: prompt positions of capturing rows, everything else to trash.
-        starts = np.cumsum(num_scheduled) - num_scheduled
-        offset = np.arange(total, dtype=np.int64) - np.repeat(starts, num_scheduled)
-        positions = np.repeat(num_computed.astype(np.int64), num_scheduled) + offset
-        in_prompt = positions < np.repeat(prompt_len.astype(np.int64), num_scheduled)
-        tok_slot = np.where(in_prompt, np.repeat(row_slot, num_scheduled), self.trash)
-        self._slot_np[:total] = tok_slot
-        self._slot_np[total:] = self.trash
-        if self._slot_host is not self.slot:
-            # Blocking: the host rows are rewritten next step (capture is not latency-bound).
-            self.slot.copy_(self._slot_host)
+        if query_start_loc is None or positions is None:
+            qsl, pos = host_layout(num_scheduled, num_computed)
+            query_start_loc = torch.as_tensor(qsl, device=self.slot.device)
+            positions = torch.as_tensor(pos, device=self.slot.device)
+        self._route(row_slot, prompt_len, query_start_loc, positions)
 
         captured = row_slot != self.trash
         added = np.minimum(num_computed + num_scheduled, prompt_len) - np.minimum(
@@ -180,11 +194,40 @@ class CaptureState:
         finished = captured & (num_computed + num_scheduled >= prompt_len)
         self._done.extend(req_ids[row] for row in np.flatnonzero(finished))
 
+    def _route(
+        self,
+        row_slot: np.ndarray,
+        prompt_len: np.ndarray,
+        query_start_loc: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> None:
+        """Per-token slot on the device: the request's slot at prompt positions, else trash."""
+        num_reqs = int(row_slot.shape[0])
+        total = int(positions.shape[0])
+        slot_np, plen_np = self._host_np
+        slot_np[:num_reqs] = row_slot
+        plen_np[:num_reqs] = prompt_len
+        slot_np[num_reqs] = self.trash  # tokens past the last request (padding)
+        plen_np[num_reqs] = 0
+        if self._host[0] is not self.req_slot:
+            # Blocking: the host rows are rewritten next step (capture is not latency-bound).
+            self.req_slot[: num_reqs + 1].copy_(self._host[0][: num_reqs + 1])
+            self.req_prompt_len[: num_reqs + 1].copy_(self._host[1][: num_reqs + 1])
+        req = self._rows.build(query_start_loc, num_reqs, total)
+        torch.index_select(self.req_slot, 0, req, out=self._tok_slot[:total])
+        torch.index_select(self.req_prompt_len, 0, req, out=self._tok_plen[:total])
+        torch.lt(positions, self._tok_plen[:total], out=self._in_prompt[:total])
+        torch.where(self._in_prompt[:total], self._tok_slot[:total],
+                    self._trash_fill[:total], out=self.slot[:total])
+        if self._dirty > total:
+            self.slot[total : self._dirty].fill_(self.trash)
+        self._dirty = total
+
     def clear_tokens(self) -> None:
         """Dummy runs call the model directly: route every token to the trash row."""
-        self._slot_np[:] = self.trash
-        if self._slot_host is not self.slot:
-            self.slot.copy_(self._slot_host)
+        if self._dirty:
+            self.slot[: self._dirty].fill_(self.trash)
+            self._dirty = 0
 
     def harvest(self) -> None:
         """Move the sums of requests whose prompt is complete to the host; free slots."""

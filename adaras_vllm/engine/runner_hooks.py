@@ -198,6 +198,8 @@ def _v1_fill_after_prepare(method):  # noqa: ANN001, ANN202
                 batch.num_computed_tokens_cpu[:n].copy(),
                 batch.num_prompt_tokens[:n].copy(),
                 live=set(self.requests),
+                query_start_loc=self.query_start_loc.gpu[: n + 1],
+                positions=self.positions[: int(np.asarray(num_scheduled_tokens[:n]).sum())],
             )
         return out
 
@@ -304,6 +306,8 @@ def _v2_fill_after_prepare(method):  # noqa: ANN001, ANN202
                 np.diff(batch.query_start_loc_np[: n + 1]),
                 batch.num_computed_tokens_np[:n].copy(),
                 self.req_states.prompt_len.np[rows].copy(),
+                query_start_loc=batch.query_start_loc[: n + 1],
+                positions=batch.positions[: int(batch.num_tokens)],
             )
         return batch
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .token_rows import TokenRequestIndex, host_layout
+
 
 def steered_token_alpha(
     req_alpha: np.ndarray,
@@ -67,11 +69,9 @@ class SteeringState:
         self.map_id = torch.zeros(max_tokens, dtype=torch.int64, device=device)
         self.delta = torch.zeros(max_tokens, width, dtype=dtype, device=device)
         self._gathered = torch.zeros(max_tokens, width, dtype=torch.float32, device=device)
-        self._token_index = torch.arange(max_tokens, dtype=torch.int64, device=device)
-        self._req_of_token = torch.zeros(max_tokens, dtype=torch.int64, device=device)
+        self._rows = TokenRequestIndex(max_tokens, self.max_reqs, device)
         self._first_steered = torch.zeros(max_tokens, dtype=torch.int64, device=device)
         self._steered = torch.zeros(max_tokens, dtype=torch.bool, device=device)
-        self._boundaries = torch.zeros(self.max_reqs, dtype=torch.int64, device=device)
         # Per request row, plus one zero row for tokens past the last request (padding).
         rows = self.max_reqs + 1
         self.req_alpha = torch.zeros(rows, dtype=torch.float32, device=device)
@@ -127,11 +127,7 @@ class SteeringState:
                 dev[: num_reqs + 1].copy_(host[: num_reqs + 1], non_blocking=True)
             if self._copied is not None:
                 self._copied.record()
-        # Token -> request row: the number of request ends at or before the token.
-        self._boundaries[:num_reqs].copy_(query_start_loc[1 : num_reqs + 1])
-        req = self._req_of_token[:total]
-        torch.searchsorted(self._boundaries[:num_reqs], self._token_index[:total], right=True,
-                           out=req)
+        req = self._rows.build(query_start_loc, num_reqs, total)
         torch.index_select(self.req_first_steered, 0, req, out=self._first_steered[:total])
         torch.ge(positions, self._first_steered[:total], out=self._steered[:total])
         torch.index_select(self.req_alpha, 0, req, out=self.alpha[:total])
@@ -153,12 +149,7 @@ class SteeringState:
     ) -> None:
         """``fill_requests`` from host counts (tests and tools that have no runner): the
         layout a runner would build, made here."""
-        num_scheduled = num_scheduled.astype(np.int64, copy=False)
-        query_start_loc = np.concatenate([[0], np.cumsum(num_scheduled)])
-        starts = query_start_loc[:-1]
-        total = int(query_start_loc[-1])
-        offset = np.arange(total, dtype=np.int64) - np.repeat(starts, num_scheduled)
-        positions = np.repeat(num_computed.astype(np.int64, copy=False), num_scheduled) + offset
+        query_start_loc, positions = host_layout(num_scheduled, num_computed)
         device = self.alpha.device
         self.fill_requests(req_alpha, req_map_id, prompt_len,
                            torch.as_tensor(query_start_loc, device=device),

@@ -31,6 +31,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from .gate import GATE_TENSORS, CorrectnessGate, GateFormatError
+
 FORMAT = "adaras-neuron-map/1"
 
 #: Metadata keys every map file carries (all values are strings, as safetensors requires).
@@ -63,6 +65,9 @@ _MAX_METADATA_INT = 2**63 - 1
 
 #: safetensors refuses JSON headers larger than this (its MAX_HEADER_SIZE).
 _MAX_HEADER_BYTES = 100_000_000
+
+#: A gate tensor larger than this is not a gate (N x H = 65 536 x 1 024 at most).
+_MAX_GATE_ENTRIES = 2**26
 
 #: Error messages quote at most this many characters of a value taken from a file.
 _QUOTE_LIMIT = 80
@@ -149,9 +154,19 @@ class NeuronMap:
         ranks: Mapping[int, torch.Tensor] | None = None,
         good_mean: Mapping[int, torch.Tensor] | None = None,
         bad_mean: Mapping[int, torch.Tensor] | None = None,
+        gate: CorrectnessGate | None = None,
     ) -> None:
         who = _who(metadata)
-        self.metadata: dict[str, str] = _checked_metadata(metadata, who)
+        checked = _checked_metadata(metadata, who)
+        # gate_* metadata belongs to the gate; the map keeps the rest.
+        self.metadata: dict[str, str] = {k: v for k, v in checked.items()
+                                         if not k.startswith("gate_")}
+        if gate is None and len(self.metadata) != len(checked):
+            stray = sorted(set(checked) - set(self.metadata))
+            raise MapFormatError(
+                f"{who}: metadata {', '.join(stray[:4])} describe a gate but the map has no "
+                "gate.* tensors; remove them or add the gate"
+            )
         num_layers = int(self.metadata["num_hidden_layers"])
         intermediate = int(self.metadata["intermediate_size"])
 
@@ -226,6 +241,14 @@ class NeuronMap:
                 f"{who}: ranks must be exactly 0..{total - 1}, one per neuron, but they are "
                 f"{_describe_ranks(all_ranks)}"
             )
+        self.gate: CorrectnessGate | None = None
+        if gate is not None:
+            try:
+                self.gate = CorrectnessGate.from_parts(
+                    gate.tensors(), gate.metadata(), num_hidden_layers=num_layers,
+                    intermediate_size=intermediate, who=f"{who}: gate")
+            except GateFormatError as error:
+                raise MapFormatError(str(error)) from None
 
     # ----------------------------------------------------------------------------- factories
 
@@ -381,6 +404,16 @@ class NeuronMap:
         except OSError as error:
             raise MapFormatError(f"cannot be read ({_os_reason(error)})") from None
 
+        gate_tensors = {n: tensors.pop(n) for n in list(tensors) if n.startswith("gate.")}
+        gate = None
+        if gate_tensors or any(k.startswith("gate_") for k in metadata):
+            try:
+                gate = CorrectnessGate.from_parts(
+                    gate_tensors, metadata, num_hidden_layers=int(metadata["num_hidden_layers"]),
+                    intermediate_size=int(metadata["intermediate_size"]),
+                    who=f"{_who(metadata)}: gate")
+            except GateFormatError as error:
+                raise MapFormatError(str(error)) from None
         parts: dict[str, dict[int, torch.Tensor]] = {}
         for tensor_name, tensor in tensors.items():
             layer, part = _parse_tensor_name(tensor_name)
@@ -409,13 +442,24 @@ class NeuronMap:
             ranks=parts.get("rank"),
             good_mean=parts.get("good_mean"),
             bad_mean=parts.get("bad_mean"),
+            gate=gate,
         )
 
     # --------------------------------------------------------------------------- operations
 
     def save(self, path: PathArg) -> None:
         """Write the map as safetensors; `load` gives back an equal map, bit for bit."""
-        safetensors.torch.save_file(self._named_tensors(), str(path), metadata=self.metadata)
+        safetensors.torch.save_file(self._named_tensors(), str(path),
+                                    metadata=self.file_metadata())
+
+    def file_metadata(self) -> dict[str, str]:
+        """The metadata as written to the file: the map's, plus the gate's ``gate_*``."""
+        return {**self.metadata, **(self.gate.metadata() if self.gate is not None else {})}
+
+    def with_gate(self, gate: CorrectnessGate | None) -> NeuronMap:
+        """The same neurons with ``gate`` (validated against this map's model shape)."""
+        return NeuronMap(metadata=self.metadata, layers=self.layers, ranks=self.ranks,
+                         good_mean=self.good_mean, bad_mean=self.bad_mean, gate=gate)
 
     def validate(self, model_config: Any) -> None:
         """Raise MapMismatchError unless this map fits the model described by `model_config`.
@@ -450,6 +494,7 @@ class NeuronMap:
             ranks=self.ranks,
             good_mean=self.good_mean,
             bad_mean=self.bad_mean,
+            gate=self.gate,
         )
 
     def top(self, n: int) -> NeuronMap:
@@ -476,6 +521,7 @@ class NeuronMap:
             ranks=kept(self.ranks),
             good_mean=kept(self.good_mean),
             bad_mean=kept(self.bad_mean),
+            gate=self.gate,  # the gate reads its own features, not the steered neurons
         )
 
     def fingerprint(self) -> str:
@@ -485,7 +531,8 @@ class NeuronMap:
         gets the same fingerprint.
         """
         digest = hashlib.sha256()
-        fingerprinted = {k: v for k, v in self.metadata.items() if k not in _NOT_FINGERPRINTED}
+        fingerprinted = {k: v for k, v in self.file_metadata().items()
+                         if k not in _NOT_FINGERPRINTED}
         digest.update(json.dumps(sorted(fingerprinted.items())).encode())
         for tensor_name, tensor in sorted(self._named_tensors().items()):
             digest.update(f"\0{tensor_name}:{tensor.dtype}:{tensor.numel()}\0".encode())
@@ -550,7 +597,7 @@ class NeuronMap:
             return NotImplemented
         mine, theirs = self._named_tensors(), other._named_tensors()
         return (
-            self.metadata == other.metadata
+            self.file_metadata() == other.file_metadata()
             and mine.keys() == theirs.keys()
             and all(
                 mine[k].dtype == theirs[k].dtype
@@ -580,6 +627,8 @@ class NeuronMap:
                 named[f"layers.{layer}.good_mean"] = self.good_mean[layer]
             if self.bad_mean is not None:
                 named[f"layers.{layer}.bad_mean"] = self.bad_mean[layer]
+        if self.gate is not None:
+            named.update(self.gate.tensors())
         return named
 
 
@@ -670,6 +719,19 @@ def _read_map_tensors(handle: Any, metadata: Mapping[str, str] | None) -> dict[s
     intermediate = int(metadata["intermediate_size"])
     names = list(handle.keys())
     for tensor_name in names:
+        if tensor_name.startswith("gate."):
+            if tensor_name not in GATE_TENSORS:
+                raise MapFormatError(
+                    f"unknown gate tensor {_quoted(tensor_name)}; a gate has exactly "
+                    f"{', '.join(GATE_TENSORS)}"
+                )
+            entries = math.prod(handle.get_slice(tensor_name).get_shape())
+            if entries > _MAX_GATE_ENTRIES:
+                raise MapFormatError(
+                    f"gate tensor {tensor_name} has {entries} entries; a gate holds at most "
+                    f"{_MAX_GATE_ENTRIES}"
+                )
+            continue
         layer, part = _parse_tensor_name(tensor_name)
         where = f"{_who(metadata)}: layer {layer}"
         if layer >= num_layers:
