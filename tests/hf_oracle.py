@@ -61,3 +61,33 @@ def hf_steered_generate(
         for h in handles:
             h.remove()
     return out[0, len(prompt_ids):].tolist()
+
+
+def hf_gate_features(model_dir: str | Path, prompt_ids: list[int], gate) -> torch.Tensor:  # noqa: ANN001
+    """``[P-1, N]``: the ``down_proj`` inputs at the gate's features, positions 0..P-2,
+    from forward-pre-hooks on the HF model (one forward over the prompt)."""
+    model = load_hf_model(str(model_dir))
+    seen: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int):  # noqa: ANN202
+        def hook(module, args):  # noqa: ANN001, ANN202
+            seen[layer] = args[0][0].detach().clone()
+
+        return hook
+
+    handles = [model.model.layers[layer].mlp.down_proj.register_forward_pre_hook(keep(layer))
+               for layer in sorted(set(gate.layers.tolist()))]
+    try:
+        with torch.no_grad():
+            model(torch.tensor([prompt_ids]))
+    finally:
+        for h in handles:
+            h.remove()
+    cols = [seen[layer][: len(prompt_ids) - 1, neuron]
+            for layer, neuron in zip(gate.layers.tolist(), gate.neurons.tolist())]
+    return torch.stack(cols, dim=1)
+
+
+def hf_gate_score(model_dir: str | Path, prompt_ids: list[int], gate) -> float:  # noqa: ANN001
+    """The paper's gate on the HF model: p_good from positions 0..P-2."""
+    return gate.score(hf_gate_features(model_dir, prompt_ids, gate))

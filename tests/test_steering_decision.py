@@ -101,8 +101,8 @@ def test_a_long_unknown_map_name_is_cut_in_the_message(registry):
         registry.parse({"steer_map": "m" * 2998})
 
 
-def test_adaptive_mode_is_refused_until_a_gate_exists(registry):
-    with pytest.raises(SteeringParamError, match="needs a correctness gate") as e:
+def test_adaptive_mode_on_a_map_without_a_gate_is_refused_naming_steer_mode(registry):
+    with pytest.raises(SteeringParamError, match="needs a map with a correctness gate") as e:
         registry.parse({"steer_mode": "adaptive"})
     assert e.value.field == "steer_mode"
 
@@ -125,3 +125,43 @@ def test_an_operator_default_above_the_bound_is_refused_at_start_up(monkeypatch)
     monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "1")
     with pytest.raises(SteeringParamError, match="the default steer_alpha 3 exceeds"):
         MapRegistry([_map("m", 0.1)]).check_defaults()
+
+
+@pytest.fixture
+def gated_registry(monkeypatch):
+    from adaras_vllm.maps.gate import random_gate
+
+    monkeypatch.delenv("ADARAS_DEFAULT_STEER_ALPHA", raising=False)
+    monkeypatch.delenv("ADARAS_DEFAULT_STEER_MODE", raising=False)
+    gate = random_gate(3, 2, num_hidden_layers=2, intermediate_size=8)
+    return MapRegistry([_map("first", 0.3), _map("gated", 0.2).with_gate(gate)])
+
+
+def test_adaptive_mode_on_a_map_with_a_gate_is_gated(gated_registry):
+    d = gated_registry.parse({"steer_mode": "adaptive", "steer_map": "gated",
+                              "steer_alpha": 0.5})
+    assert (d.mode, d.steered, d.gated) == ("adaptive", True, True)
+
+
+def test_the_refusal_names_the_maps_that_have_a_gate(gated_registry):
+    with pytest.raises(SteeringParamError, match="maps with a gate: gated"):
+        gated_registry.parse({"steer_mode": "adaptive", "steer_map": "first"})
+
+
+def test_adaptive_with_alpha_zero_has_nothing_to_gate(gated_registry):
+    d = gated_registry.parse({"steer_mode": "adaptive", "steer_map": "gated"})
+    assert d.mode == "adaptive" and not d.gated
+
+
+def test_the_operators_default_mode_applies_when_a_request_gives_none(gated_registry,
+                                                                      monkeypatch):
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_MODE", "adaptive")
+    assert gated_registry.parse({"steer_map": "gated", "steer_alpha": 1}).gated
+    assert gated_registry.parse({"steer_map": "gated", "steer_alpha": 1,
+                                 "steer_mode": "always"}).mode == "always"
+
+
+def test_a_default_adaptive_mode_needs_a_gate_on_the_default_map(gated_registry, monkeypatch):
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_MODE", "adaptive")
+    with pytest.raises(SteeringParamError, match="default map 'first' has no correctness gate"):
+        gated_registry.check_defaults()

@@ -272,3 +272,15 @@ def test_compiled_op_reads_the_buffers_by_reference_not_as_constants():
     state.fill(np.array([1.0, 3.0]), np.array([0, 0]), np.array([1, 1]), np.array([4, 4]),
                np.array([2, 2]))
     assert f(torch.zeros(2, 16))[:, 1].tolist() == [1.0, 3.0]
+
+
+def test_an_adaptive_chunk_never_holds_the_last_prompt_token_with_earlier_ones():
+    from adaras_vllm.engine.scheduler_trim import trimmed_chunk
+
+    assert trimmed_chunk(10, 0, 10) == 9  # whole prompt at once -> stop before P-1
+    assert trimmed_chunk(10, 4, 64) == 5  # a later chunk reaching past P-1
+    assert trimmed_chunk(10, 9, 1) == 1  # P-1 alone
+    assert trimmed_chunk(10, 0, 5) == 5  # a chunk ending before P-1
+    assert trimmed_chunk(10, 0, 9) == 9  # a chunk ending right at P-2
+    assert trimmed_chunk(1, 0, 1) == 1  # a one-token prompt has nothing to pool
+    assert trimmed_chunk(10, 12, 1) == 1  # decoding

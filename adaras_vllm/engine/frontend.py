@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import uuid
 from typing import Any
 
 from vllm.exceptions import VLLMValidationError
@@ -24,6 +25,7 @@ from .params import (
     is_steering_key,
     merge_request_fields,
 )
+from .gate import GATE_KEY
 from .registry import MapRegistry, active_registry
 from .request_context import HTTP_STEERING, IN_BEAM_SEARCH, HttpSteering
 from .support import check_supported
@@ -76,9 +78,26 @@ def decide(
         raise InvalidSteeringRequest(e) from None
 
 
-def _with_resolved(params: Any, decision: SteeringParams) -> dict[str, Any]:
-    extra = {k: v for k, v in (params.extra_args or {}).items() if not is_steering_key(k)}
-    return {**extra, **decision.as_extra_args()}
+def _with_resolved(params: Any, decision: SteeringParams, *, fresh_key: bool = False
+                   ) -> dict[str, Any]:
+    """The request's ``extra_args`` with the decision written in. A gated request also
+    gets a tag its gate result is filed under (kept if the front end already gave one,
+    unless ``fresh_key``: a client must not choose another request's tag)."""
+    given = params.extra_args or {}
+    extra = {k: v for k, v in given.items() if not is_steering_key(k) and k != GATE_KEY}
+    resolved = {**extra, **decision.as_extra_args()}
+    if decision.gated:
+        key = given.get(GATE_KEY)
+        resolved[GATE_KEY] = key if isinstance(key, str) and not fresh_key else uuid.uuid4().hex
+    return resolved
+
+
+def _resolve_into(params: Any, decision: SteeringParams, *, fresh_key: bool = False) -> None:
+    """Write the decision into ``params`` (the request's own copy). An adaptive request
+    never reads the prefix cache: its gate must see every prompt position run."""
+    params.extra_args = _with_resolved(params, decision, fresh_key=fresh_key)
+    if decision.gated:
+        params.skip_reading_prefix_cache = True
 
 
 def patch_input_validation() -> None:
@@ -103,7 +122,7 @@ def patch_input_validation() -> None:
         for m in registry.maps:
             m.validate(vllm_config.model_config.hf_text_config)
         if registry:
-            check_supported(vllm_config)
+            check_supported(vllm_config, gated=bool(registry.gated_names))
         original_init(self, vllm_config, *args, **kwargs)
 
     @functools.wraps(original_process)
@@ -115,7 +134,8 @@ def patch_input_validation() -> None:
         decision = decide(registry, params.extra_args, None)
         request = original_process(self, request_id, prompt, params, *args, **kwargs)
         if request.sampling_params is not None:  # the request's own copy of the params
-            request.sampling_params.extra_args = _with_resolved(params, decision)
+            request.sampling_params.extra_args = params.extra_args
+            _resolve_into(request.sampling_params, decision)
         return request
 
     @functools.wraps(original_add)
@@ -137,12 +157,12 @@ def patch_input_validation() -> None:
                     http.rejected = e.field
                 raise
             if core_request and prompt.sampling_params is not None:
-                prompt.sampling_params.extra_args = _with_resolved(prompt.sampling_params,
-                                                                   decision)
+                _resolve_into(prompt.sampling_params, decision, fresh_key=True)
             params = copy.copy(params)  # the caller's params may be shared: never mutate
-            params.extra_args = _with_resolved(params, decision)
+            _resolve_into(params, decision, fresh_key=True)
             if http is not None:
                 http.decisions.append(decision)
+                http.gate_keys.append((params.extra_args or {}).get(GATE_KEY))
         return await original_add(self, request_id, prompt, params, *args, **kwargs)
 
     @functools.wraps(original_engine_add)
@@ -155,7 +175,7 @@ def patch_input_validation() -> None:
         if (registry and isinstance(prompt, EngineCoreRequest)
                 and prompt.sampling_params is not None):
             decision = decide(registry, prompt.sampling_params.extra_args, None)
-            prompt.sampling_params.extra_args = _with_resolved(prompt.sampling_params, decision)
+            _resolve_into(prompt.sampling_params, decision)
         return original_engine_add(self, request_id, prompt, params, *args, **kwargs)
 
     InputProcessor.__init__ = __init__

@@ -21,15 +21,16 @@ STEER_ALPHA = "steer_alpha"
 STEER_MAP = "steer_map"
 STEER_MODE = "steer_mode"
 KNOWN_KEYS = (STEER_ALPHA, STEER_MAP, STEER_MODE)
-MODES = ("always", "off")
-#: Known to the API (documented, reserved) but not servable until a map carries a gate.
-API_MODES = ("always", "off", "adaptive")
+MODES = ("always", "off", "adaptive")
+API_MODES = MODES
 
 DEFAULT_MAX_STEER_ALPHA = 8.0
 MAX_ALPHA_ENV = "ADARAS_MAX_STEER_ALPHA"
 #: Alpha for requests that give none: a number, or ``map`` for the chosen map's own
 #: ``default_alpha``. Unset: 0 (plain vLLM with the plugin steers only when asked).
 DEFAULT_ALPHA_ENV = "ADARAS_DEFAULT_STEER_ALPHA"
+#: Mode for requests that give none (``adaras serve --default-steer-mode``); unset: always.
+DEFAULT_MODE_ENV = "ADARAS_DEFAULT_STEER_MODE"
 
 
 class SteeringParamError(ValueError):
@@ -51,7 +52,13 @@ class SteeringParams:
 
     @property
     def steered(self) -> bool:
+        """Steering may apply (for ``adaptive``: if the gate fires)."""
         return self.alpha != 0.0
+
+    @property
+    def gated(self) -> bool:
+        """The gate decides: ``adaptive`` with a non-zero alpha."""
+        return self.mode == "adaptive" and self.alpha != 0.0
 
     def as_extra_args(self) -> dict[str, Any]:
         """The resolved keys, as written back into ``SamplingParams.extra_args``."""
@@ -99,6 +106,18 @@ def default_steer_alpha() -> float | None:
     return value
 
 
+def default_steer_mode() -> str:
+    """The operator's default mode (env ``ADARAS_DEFAULT_STEER_MODE``)."""
+    raw = os.environ.get(DEFAULT_MODE_ENV, "").strip()
+    if not raw:
+        return "always"
+    if raw not in MODES:
+        raise SteeringParamError(
+            f"{DEFAULT_MODE_ENV} must be one of {', '.join(MODES)}, got {raw[:80]!r}"
+        )
+    return raw
+
+
 def merge_request_fields(
     extra_args: Mapping[str, Any] | None, fields: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -124,12 +143,15 @@ def parse_steering(
     *,
     max_alpha: float | None = None,
     default_alpha: float | Callable[[str], float] = 0.0,
+    gated_maps: Sequence[str] = (),
+    default_mode: str = "always",
 ) -> SteeringParams:
     """Parse, bound and resolve the steering keys of one request.
 
     ``map_names`` are the loaded maps, the first being the default. ``default_alpha`` is
     used when the request gives no ``steer_alpha`` (a callable gets the chosen map's
-    name). Raises ``SteeringParamError`` naming the field and the allowed values.
+    name). ``gated_maps`` are the maps that carry a correctness gate (``adaptive`` needs
+    one). Raises ``SteeringParamError`` naming the field and the allowed values.
     """
     if not map_names:
         raise SteeringParamError("steering is not available: no neuron map is loaded")
@@ -157,11 +179,14 @@ def parse_steering(
     else:
         alpha = default_alpha(map_name) if callable(default_alpha) else float(default_alpha)
 
-    mode = args.get(STEER_MODE, "always")
-    if mode == "adaptive":
+    mode = args.get(STEER_MODE, default_mode)
+    if mode == "adaptive" and map_name not in gated_maps:
+        with_gate = (f"maps with a gate: {', '.join(gated_maps)}" if gated_maps
+                     else "no loaded map has one")
         raise SteeringParamError(
-            f"{STEER_MODE} 'adaptive' needs a correctness gate and no loaded map has one; "
-            "use 'always' or 'off'",
+            f"{STEER_MODE} 'adaptive' needs a map with a correctness gate, and map "
+            f"{map_name!r} has none ({with_gate}); use 'always' or 'off', or train one with "
+            "adaras gate train",
             field=STEER_MODE,
             value=mode,
         )

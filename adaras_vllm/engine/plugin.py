@@ -30,17 +30,19 @@ def register() -> None:
     from .frontend import patch_input_validation
     from .prefix_cache import patch_prefix_cache_keys
     from .runner_hooks import patch_v1_runners, patch_v2_runner, patch_worker_rpcs
+    from .scheduler_trim import patch_scheduler
 
     patch_compile_hash()
     patch_input_validation()
     patch_prefix_cache_keys()
+    patch_scheduler()
     patch_v1_runners()
     patch_v2_runner()
     patch_worker_rpcs()
     _registered = True
     logger.info(
         "adaras: steering installed in process %d (maps: %s; front-end decision, prefix-cache "
-        "keys, model runners); layers are patched when a worker loads the model",
+        "keys, scheduler trim for adaptive, model runners); layers are patched when a worker loads the model",
         os.getpid(), ", ".join(registry.names) or "none (capture mode)",
     )
 

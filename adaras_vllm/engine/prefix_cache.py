@@ -22,7 +22,7 @@ from .registry import MapRegistry, active_registry
 
 def steering_block_key(
     registry: MapRegistry, request: Any, end_token_idx: int
-) -> tuple[str, str, str, float, int] | None:
+) -> tuple[str, str, str, float, int, str] | None:
     """The extra hash key for the block ending at ``end_token_idx``, or None.
 
     The key names the prompt length too: which positions are steered depends on it, so
@@ -45,6 +45,7 @@ def steering_block_key(
         registry.map_fingerprint(p.map_name),
         p.alpha,
         int(request.num_prompt_tokens),
+        p.mode,  # adaptive: steered or not as its gate decided, never shared with always
     )
 
 

@@ -18,6 +18,7 @@ from .params import (
     SteeringParamError,
     SteeringParams,
     default_steer_alpha,
+    default_steer_mode,
     max_steer_alpha,
     merge_request_fields,
     parse_steering,
@@ -38,6 +39,7 @@ class MapRegistry:
         self.names = names
         self._ids = {n: i for i, n in enumerate(names)}
         self._fingerprints = {m.name: m.fingerprint() for m in maps}
+        self.gated_names = [m.name for m in maps if m.gate is not None]
 
     def __len__(self) -> int:
         return len(self.maps)
@@ -69,12 +71,20 @@ class MapRegistry:
             max_alpha=max_steer_alpha(),
             default_alpha=(lambda name: self.get(name).default_alpha) if default is None
             else default,
+            gated_maps=self.gated_names,
+            default_mode=default_steer_mode(),
         )
 
     def check_defaults(self) -> None:
-        """Refuse to start when a default alpha would fail every request that gives none."""
+        """Refuse to start when a default would fail every request that gives none."""
         bound = max_steer_alpha()
         default = default_steer_alpha()
+        if default_steer_mode() == "adaptive" and self.maps[0].gate is None:
+            raise SteeringParamError(
+                f"the default steer_mode is 'adaptive' but the default map "
+                f"{self.maps[0].name!r} has no correctness gate; train one (adaras gate "
+                "train) or choose --default-steer-mode always"
+            )
         for m in self.maps:
             alpha = m.default_alpha if default is None else default
             if abs(alpha) > bound:

@@ -24,6 +24,7 @@ class HttpSteering:
     fields: dict[str, Any] = field(default_factory=dict)  # top-level steer_* of the body
     xargs_fields: dict[str, Any] = field(default_factory=dict)  # steer_* of vllm_xargs
     decisions: list[SteeringParams] = field(default_factory=list)
+    gate_keys: list[str | None] = field(default_factory=list)  # per decision (adaptive only)
     rejected: str | None = None  # the field the front end refused, for the metrics
     disconnected: bool = False  # the client went away before the response
 

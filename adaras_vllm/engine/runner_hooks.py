@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .capture import CaptureState, capture_enabled, install_capture
+from .gate import RESULTS_METHOD, GateState, install_gate
 from .model_patch import install_steering
 from .params import SteeringParamError
 from .registry import MapRegistry, active_registry
@@ -35,47 +36,69 @@ class RunnerSteering:
     a later request that reuses the id (clients may set ``X-Request-Id``) is read afresh.
     """
 
-    def __init__(self, registry: MapRegistry, state: SteeringState) -> None:
+    def __init__(self, registry: MapRegistry, state: SteeringState,
+                 gate: GateState | None = None) -> None:
         self.registry = registry
         self.state = state
-        self._params: dict[str, tuple[float, int]] = {}
+        self.gate = gate
+        self._params: dict[str, tuple[float, int, bool]] = {}
         self._missing_logged: set[str] = set()
 
-    def remember(self, req_id: str, sampling_params: Any) -> tuple[float, int]:
+    def remember(self, req_id: str, sampling_params: Any) -> tuple[float, int, bool]:
         """Read a request's resolved steering once (the front end decided it)."""
         if sampling_params is None:
             if req_id not in self._missing_logged:
                 self._missing_logged.add(req_id)
                 logger.warning("adaras: request %s has no parameters in the runner's table; "
                                "it is not steered", req_id)
-            return (0.0, 0)
+            return (0.0, 0, False)
         extra = getattr(sampling_params, "extra_args", None)
         try:
             p = self.registry.parse(extra)
-            value = (p.alpha, self.registry.map_id(p.map_name))
+            value = (p.alpha, self.registry.map_id(p.map_name), p.gated and self.gate is not None)
         except SteeringParamError as e:  # only reachable if the front end was bypassed
             logger.warning("adaras: request %s not steered: %s", req_id, e)
-            value = (0.0, 0)
+            value = (0.0, 0, False)
         self._params[req_id] = value
         return value
 
     def forget(self, req_id: str) -> None:
         self._params.pop(req_id, None)
         self._missing_logged.discard(req_id)
+        if self.gate is not None:
+            self.gate.forget(req_id)
 
     def forget_all(self, req_ids: Iterable[str]) -> None:
         for r in req_ids:
             self.forget(r)
 
-    def lookup(self, req_ids: Iterable[str], sampling_params_of) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-        """Per-row (alpha, map id) for the batch, reading requests seen for the first time."""
+    def lookup(self, req_ids: Iterable[str], sampling_params_of  # noqa: ANN001
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-row (alpha, map id, gated) for the batch, reading new requests once."""
         rows = [
             self._params.get(r) or self.remember(r, sampling_params_of(r)) for r in req_ids
         ]
         if not rows:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        alpha, map_id = zip(*rows)
-        return np.asarray(alpha, np.float32), np.asarray(map_id, np.int64)
+            return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
+        alpha, map_id, gated = zip(*rows)
+        return (np.asarray(alpha, np.float32), np.asarray(map_id, np.int64),
+                np.asarray(gated, bool))
+
+    def fill(self, req_ids: list[str], sampling_params_of, num_computed: np.ndarray,  # noqa: ANN001
+             prompt_len: np.ndarray, query_start_loc, positions) -> None:  # noqa: ANN001
+        """One step's steering (and gate) inputs, from per-request values and the batch's
+        own device layout."""
+        alpha, map_id, gated = self.lookup(req_ids, sampling_params_of)
+        factor = None
+        if self.gate is not None:
+            if gated.any() or self.gate.num_tracked:
+                factor = self.gate.on_step(req_ids, sampling_params_of, gated, map_id,
+                                           num_computed, prompt_len, query_start_loc,
+                                           positions)
+            else:
+                self.gate.clear_tokens()
+        self.state.fill_requests(alpha, map_id, prompt_len, query_start_loc, positions,
+                                 alpha_factor=factor)
 
     @property
     def num_tracked(self) -> int:
@@ -89,7 +112,7 @@ def attach(runner: Any, max_tokens: int) -> RunnerSteering | None:
     registry = active_registry()
     if not registry:
         return None
-    check_supported(runner.vllm_config)
+    check_supported(runner.vllm_config, gated=bool(registry.gated_names))
     state = install_steering(
         runner.get_model(),
         registry.maps,
@@ -97,7 +120,16 @@ def attach(runner: Any, max_tokens: int) -> RunnerSteering | None:
         max_tokens=max_tokens,
         dtype=runner.model_config.dtype,
     )
-    steering = RunnerSteering(registry, state)
+    max_seqs = int(runner.vllm_config.scheduler_config.max_num_seqs)
+    gate = install_gate(
+        runner.get_model(), registry.maps,
+        int(runner.model_config.hf_text_config.intermediate_size),
+        max_tokens=max_tokens, max_slots=4 * max_seqs + 16, dtype=runner.model_config.dtype,
+    )
+    if gate is not None:
+        logger.info("adaras: correctness gate(s) of map(s) %s over %d feature(s) on this rank",
+                    ", ".join(registry.gated_names), gate.features.shape[1])
+    steering = RunnerSteering(registry, state, gate)
     setattr(runner, _ATTR, steering)
     logger.info(
         "adaras: steering layer(s) %s with map(s) %s (default %s), %d neurons on this rank",
@@ -155,6 +187,8 @@ def _clear_before(method):  # noqa: ANN001, ANN202
         steering = getattr(self, _ATTR, None)
         if steering is not None:
             steering.state.clear()
+            if steering.gate is not None:
+                steering.gate.clear_tokens()
         capture = capture_of(self)
         if capture is not None:
             capture.clear_tokens()
@@ -174,14 +208,11 @@ def _v1_fill_after_prepare(method):  # noqa: ANN001, ANN202
         if steering is not None:
             batch = self.input_batch
             n = batch.num_reqs
-            req_ids = batch.req_ids[:n]
-            alpha, map_id = steering.lookup(
-                req_ids, lambda r: getattr(self.requests.get(r), "sampling_params", None)
-            )
             total = int(np.asarray(num_scheduled_tokens[:n]).sum())
-            steering.state.fill_requests(
-                alpha,
-                map_id,
+            steering.fill(
+                list(batch.req_ids[:n]),
+                lambda r: getattr(self.requests.get(r), "sampling_params", None),
+                batch.num_computed_tokens_cpu[:n],
                 batch.num_prompt_tokens[:n],
                 self.query_start_loc.gpu[: n + 1],  # the device's own layout
                 self.positions[:total],
@@ -285,12 +316,12 @@ def _v2_fill_after_prepare(method):  # noqa: ANN001, ANN202
         steering = getattr(self, _ATTR, None)
         if steering is not None:
             n = batch.num_reqs
-            alpha, map_id = steering.lookup(batch.req_ids[:n], lambda r: None)
             rows = batch.idx_mapping_np[:n]
             total = int(batch.num_tokens)
-            steering.state.fill_requests(
-                alpha,
-                map_id,
+            steering.fill(
+                list(batch.req_ids[:n]),
+                lambda r: None,  # V2 keeps no params: remembered in add_requests
+                batch.num_computed_tokens_np[:n],
                 self.req_states.prompt_len.np[rows],  # not prefill_len: it changes on preemption
                 batch.query_start_loc[: n + 1],  # the device's (adaptive verification edits it)
                 batch.positions[:total],
@@ -359,7 +390,18 @@ def _steering_status(worker: Any) -> dict[str, Any]:
         "layers": [int(layer) for layer in steering.state.steered_layers],
         "maps": list(steering.registry.names),
         "tracked_requests": steering.num_tracked,
+        "gated_maps": list(steering.registry.gated_names) if steering.gate is not None else [],
     }
+
+
+def _gate_results(worker: Any, keys: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """``collective_rpc("adaras_gate_results", args=(keys,))``: pop finished gate
+    decisions by the tag the front end gave each adaptive request (all when ``keys`` is
+    None). Every tensor-parallel rank holds the same values."""
+    steering = getattr(getattr(worker, "model_runner", None), _ATTR, None)
+    if steering is None or steering.gate is None:
+        return {}
+    return steering.gate.fetch(keys)
 
 
 def patch_worker_rpcs() -> None:
@@ -371,3 +413,5 @@ def patch_worker_rpcs() -> None:
         setattr(WorkerBase, FETCH_METHOD, _fetch_capture)
     if not hasattr(WorkerBase, STATUS_METHOD):
         setattr(WorkerBase, STATUS_METHOD, _steering_status)
+    if not hasattr(WorkerBase, RESULTS_METHOD):
+        setattr(WorkerBase, RESULTS_METHOD, _gate_results)

@@ -100,10 +100,12 @@ class SteeringState:
         prompt_len: np.ndarray,
         query_start_loc: torch.Tensor,
         positions: torch.Tensor,
+        alpha_factor: torch.Tensor | None = None,
     ) -> None:
         """One step: per-request rows from the host; per-token alpha and map id, and the
         deltas, derived on the device from the batch's ``query_start_loc`` (``[R + 1]``)
-        and ``positions`` (``[T]``, the tokens this step runs, unpadded)."""
+        and ``positions`` (``[T]``, the tokens this step runs, unpadded).
+        ``alpha_factor`` (``[R]`` on the device): the gate's decision per request row."""
         num_reqs = int(req_alpha.shape[0])
         total = int(positions.shape[0])
         if total > self.max_tokens or num_reqs > self.max_reqs:
@@ -127,6 +129,8 @@ class SteeringState:
                 dev[: num_reqs + 1].copy_(host[: num_reqs + 1], non_blocking=True)
             if self._copied is not None:
                 self._copied.record()
+        if alpha_factor is not None:
+            self.req_alpha[:num_reqs].mul_(alpha_factor)
         req = self._rows.build(query_start_loc, num_reqs, total)
         torch.index_select(self.req_first_steered, 0, req, out=self._first_steered[:total])
         torch.ge(positions, self._first_steered[:total], out=self._steered[:total])

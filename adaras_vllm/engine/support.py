@@ -36,8 +36,20 @@ def unsupported_reasons(vllm_config: Any) -> list[str]:
     return reasons
 
 
-def check_supported(vllm_config: Any) -> None:
+def gate_unsupported_reasons(vllm_config: Any) -> list[str]:
+    """What a map with a correctness gate cannot be served with, beyond the above."""
+    parallel = getattr(vllm_config, "parallel_config", None)
+    if parallel is not None and int(getattr(parallel, "pipeline_parallel_size", 1)) > 1:
+        return ["a map with a correctness gate needs --pipeline-parallel-size 1: the gate "
+                "reads features of layers that other stages own; serve the map without its "
+                "gate or without pipeline parallelism"]
+    return []
+
+
+def check_supported(vllm_config: Any, *, gated: bool = False) -> None:
     reasons = unsupported_reasons(vllm_config)
+    if gated:
+        reasons += gate_unsupported_reasons(vllm_config)
     if reasons:
         raise UnsupportedSteeringConfig(
             "adaras steering cannot be applied exactly with this engine: " + "; ".join(reasons)

@@ -1,0 +1,70 @@
+"""Make the gate's decision exist before the first steered position runs.
+
+An adaptive request is steered from position ``P-1`` on, if its gate fires; the gate
+reads positions ``0 .. P-2``. If one forward ran ``P-1`` together with earlier prompt
+positions, the steered layers would meet ``P-1`` before the gate had seen the rest. So the
+scheduler never lets a chunk of an adaptive request hold ``P-1`` together with earlier
+positions: such a chunk ends at ``P-2``, and ``P-1`` runs in the next step, on its own or
+beside other requests. That costs an adaptive request one extra step before its first
+token, and nothing to the others.
+
+vLLM 0.32 passes every request's chunk size (waiting and running) through
+``Scheduler._reserve_prefill_lookahead``; the trim is applied after its own rule.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from .params import SteeringParamError
+from .registry import active_registry
+
+_ATTR = "_adaras_gated"
+
+
+def is_gated(request: Any) -> bool:
+    """Whether the front end resolved this request to ``adaptive`` with an alpha (cached)."""
+    cached = getattr(request, _ATTR, None)
+    if cached is not None:
+        return cached
+    params = getattr(request, "sampling_params", None)
+    gated = False
+    registry = active_registry()
+    if params is not None and registry:
+        try:
+            gated = registry.parse(params.extra_args).gated
+        except SteeringParamError:
+            gated = False
+    try:
+        setattr(request, _ATTR, gated)
+    except AttributeError:  # a slotted stand-in: parse every time
+        pass
+    return gated
+
+
+def trimmed_chunk(num_prompt_tokens: int, num_computed: int, num_new: int) -> int:
+    """The chunk size that keeps position ``P-1`` out of a chunk with earlier positions."""
+    last = num_prompt_tokens - 1
+    if num_computed < last < num_computed + num_new:
+        return last - num_computed
+    return num_new
+
+
+def patch_scheduler() -> None:
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    original = Scheduler._reserve_prefill_lookahead
+    if getattr(original, "_adaras", False):
+        return
+
+    @functools.wraps(original)
+    def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):  # noqa: ANN001, ANN202
+        num_new = original(self, request, num_computed_tokens, num_new_tokens)
+        if num_new > 1 and is_gated(request):
+            return trimmed_chunk(int(request.num_prompt_tokens), int(num_computed_tokens),
+                                 num_new)
+        return num_new
+
+    _reserve_prefill_lookahead._adaras = True
+    Scheduler._reserve_prefill_lookahead = _reserve_prefill_lookahead

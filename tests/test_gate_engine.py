@@ -1,0 +1,198 @@
+"""The correctness gate inside a real vLLM engine (``steer_mode: "adaptive"``).
+
+The in-engine ``p_good`` must equal the paper's gate computed independently on the HF
+model (forward-pre-hooks on ``down_proj``, positions 0..P-2), with chunked prefill
+splitting long prompts (64-token steps) and prefix caching on; a request whose gate fires
+must produce exactly the tokens of ``always``, one whose gate does not exactly those of
+``off``, and any mix of modes, alphas and maps in one batch gives each its solo tokens.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CACHE, PROMPTS, encode_prompts, greedy, start_llm, stop_llm, tokens
+from hf_oracle import hf_gate_score
+
+from adaras_vllm.engine.gate import GATE_KEY, RESULTS_METHOD
+from adaras_vllm.maps import NeuronMap
+from adaras_vllm.maps.gate import random_gate
+
+pytestmark = pytest.mark.engine
+
+ALPHA = 4.0
+ENGINE = dict(max_num_batched_tokens=64, enable_prefix_caching=True)
+
+
+def gate_prompts(model_dir) -> list[list[int]]:  # noqa: ANN001
+    """Short and long prompts: one token, two tokens, and one split over 3+ chunks."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    base = encode_prompts(model_dir)
+    long = tok.encode(" ".join(PROMPTS * 3))
+    assert len(long) > 140, len(long)
+    return [base[0][:1], base[1][:2], *base, long]
+
+
+@pytest.fixture(scope="module")
+def gated_setup(qwen3_tiny):
+    """The alpha map with a random gate whose threshold splits the HF scores in two."""
+    model_dir, maps = qwen3_tiny
+    base = NeuronMap.load(maps["alpha_map"])
+    gate = random_gate(24, 8, num_hidden_layers=base.num_hidden_layers,
+                       intermediate_size=base.intermediate_size, seed=7, scale=0.5)
+    prompts = gate_prompts(model_dir)
+    scores = [hf_gate_score(model_dir, ids, gate) for ids in prompts]
+    ordered = sorted(scores)
+    mid = len(ordered) // 2
+    assert ordered[mid] - ordered[mid - 1] > 1e-3, ordered  # a clean split
+    gate.threshold = (ordered[mid - 1] + ordered[mid]) / 2
+    path = CACHE / "tiny-qwen3-gated_map.safetensors"
+    base.renamed("gated_map").with_gate(gate).save(path)
+    return model_dir, {"gated_map": path, "beta_map": maps["beta_map"]}, prompts, scores, gate
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["eager", "compiled"])
+def engine(request, gated_setup):
+    model_dir, maps, *_ = gated_setup
+    llm = start_llm(model_dir, maps, eager=request.param, **ENGINE)
+    yield llm
+    stop_llm(llm)
+
+
+def adaptive(key: str, alpha: float = ALPHA) -> dict:
+    return {"steer_mode": "adaptive", "steer_alpha": alpha, "steer_map": "gated_map",
+            GATE_KEY: key}
+
+
+def gate_results(llm) -> dict:  # noqa: ANN001
+    return llm.collective_rpc(RESULTS_METHOD, args=(None,))[0]
+
+
+def test_in_engine_gate_score_equals_the_hf_computation(engine, gated_setup):
+    _, _, prompts, scores, gate = gated_setup
+    greedy(engine, [(ids, adaptive(f"s{i}")) for i, ids in enumerate(prompts)], max_tokens=4)
+    got = gate_results(engine)
+    for i, want in enumerate(scores):
+        r = got[f"s{i}"]
+        assert abs(r["p_good"] - want) < 1e-4, (i, len(prompts[i]), r["p_good"], want)
+        assert r["fired"] == (want < gate.threshold) and r["threshold"] == gate.threshold
+
+
+def test_the_threshold_splits_the_prompts_so_both_outcomes_are_tested(gated_setup):
+    _, _, _, scores, gate = gated_setup
+    fired = [s < gate.threshold for s in scores]
+    assert any(fired) and not all(fired)
+
+
+def test_fired_requests_equal_always_and_unfired_requests_equal_off(engine, gated_setup):
+    _, _, prompts, scores, gate = gated_setup
+    always = {"steer_alpha": ALPHA, "steer_map": "gated_map"}
+    reqs = ([(ids, adaptive(f"f{i}")) for i, ids in enumerate(prompts)]
+            + [(ids, always) for ids in prompts]
+            + [(ids, {"steer_mode": "off", "steer_map": "gated_map"}) for ids in prompts])
+    out = tokens(greedy(engine, reqs))
+    n = len(prompts)
+    got, on, off = out[:n], out[n:2 * n], out[2 * n:]
+    assert on != off  # steering changes these prompts' tokens: the comparison can fail
+    for i in range(n):
+        want = on[i] if scores[i] < gate.threshold else off[i]
+        assert got[i] == want, (i, scores[i], gate.threshold)
+    gate_results(engine)  # drop this test's results
+
+
+def test_a_mixed_batch_gives_every_request_its_solo_tokens(engine, gated_setup):
+    _, _, prompts, _, _ = gated_setup
+    kinds = [adaptive("m0"), {"steer_alpha": -1.0, "steer_map": "beta_map"},
+             adaptive("m1", alpha=-2.0), {"steer_mode": "off"},
+             {"steer_alpha": ALPHA, "steer_map": "gated_map"}]
+    reqs = [(ids, kinds[i % len(kinds)]) for i, ids in enumerate(prompts)]
+    batch = tokens(greedy(engine, reqs))
+    solo = [tokens(greedy(engine, [r]))[0] for r in reqs]
+    assert batch == solo
+    gate_results(engine)
+
+
+def test_a_cached_prefix_does_not_change_the_score(engine, gated_setup):
+    model_dir, _, prompts, scores, _ = gated_setup
+    long = prompts[-1]
+    # Fill the prefix cache with the long prompt (unsteered), then ask again, adaptive.
+    greedy(engine, [(long, {"steer_mode": "off"})], max_tokens=2)
+    greedy(engine, [(long, adaptive("c0"))], max_tokens=2)
+    # And a longer prompt whose prefix is cached: its score is its own.
+    longer = long + long[:20]
+    greedy(engine, [(longer, adaptive("c1"))], max_tokens=2)
+    got = gate_results(engine)
+    assert abs(got["c0"]["p_good"] - scores[-1]) < 1e-4
+    from hf_oracle import hf_gate_score as score
+
+    gate = NeuronMap.load(CACHE / "tiny-qwen3-gated_map.safetensors").gate
+    assert abs(got["c1"]["p_good"] - score(model_dir, longer, gate)) < 1e-4
+
+
+def test_adaptive_with_alpha_zero_runs_unsteered_and_records_no_gate(engine, gated_setup):
+    _, _, prompts, _, _ = gated_setup
+    out = tokens(greedy(engine, [(prompts[2], adaptive("z0", alpha=0.0)),
+                                 (prompts[2], {"steer_mode": "off"})]))
+    assert out[0] == out[1] and "z0" not in gate_results(engine)
+
+
+def test_hf_gate_features_read_positions_before_the_last_prompt_token(gated_setup):
+    from hf_oracle import hf_gate_features
+
+    model_dir, _, prompts, _, gate = gated_setup
+    feats = hf_gate_features(model_dir, prompts[2], gate)
+    assert feats.shape == (len(prompts[2]) - 1, gate.num_features)
+    assert torch.isfinite(feats).all()
+
+
+def _gated_for(arch: str, seed: int):  # noqa: ANN202
+    from conftest import tiny_model
+
+    model_dir, maps = tiny_model(arch)
+    base = NeuronMap.load(maps["alpha_map"])
+    gate = random_gate(24, 8, num_hidden_layers=base.num_hidden_layers,
+                       intermediate_size=base.intermediate_size, seed=seed, scale=0.5)
+    prompts = gate_prompts(model_dir)
+    scores = [hf_gate_score(model_dir, ids, gate) for ids in prompts]
+    ordered = sorted(scores)
+    gate.threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    path = CACHE / f"tiny-{arch}-gated_map-{seed}.safetensors"
+    base.renamed("gated_map").with_gate(gate).save(path)
+    return model_dir, {"gated_map": path}, prompts, scores, gate
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3-tp2"])
+def other_engine(request):
+    import os
+
+    arch = request.param.split("-")[0]
+    setup = _gated_for(arch, seed=11)
+    extra = {}
+    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    if request.param.endswith("tp2"):
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"
+        extra["tensor_parallel_size"] = 2
+    llm = start_llm(setup[0], setup[1], eager=True, **ENGINE, **extra)
+    yield llm, setup
+    stop_llm(llm)
+    if saved is None:
+        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+    else:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
+
+
+def test_llama_and_tensor_parallel_gates_equal_hf_and_follow_their_decision(other_engine):
+    llm, (_, _, prompts, scores, gate) = other_engine
+    always = {"steer_alpha": ALPHA, "steer_map": "gated_map"}
+    reqs = ([(ids, adaptive(f"t{i}")) for i, ids in enumerate(prompts)]
+            + [(ids, always) for ids in prompts] + [(ids, {"steer_mode": "off"}) for ids in prompts])
+    out = tokens(greedy(llm, reqs, max_tokens=16))
+    results = llm.collective_rpc(RESULTS_METHOD, args=(None,))
+    assert all(r == results[0] for r in results)  # every rank decided the same
+    n = len(prompts)
+    for i, want in enumerate(scores):
+        assert abs(results[0][f"t{i}"]["p_good"] - want) < 1e-4, (i, want)
+        fired = want < gate.threshold
+        assert out[i] == (out[n + i] if fired else out[2 * n + i]), i
