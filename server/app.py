@@ -15,7 +15,13 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from adaras_vllm.engine.params import DEFAULT_ALPHA_ENV, MAX_ALPHA_ENV, SteeringParamError
+from adaras_vllm.engine.params import (
+    DEFAULT_ALPHA_ENV,
+    DEFAULT_MODE_ENV,
+    MAX_ALPHA_ENV,
+    MODES,
+    SteeringParamError,
+)
 from adaras_vllm.engine.registry import ENV_VAR, MapRegistry, active_registry
 
 from .middleware import DEFAULT_MAX_BODY_BYTES, ApiKeyMiddleware, SteeringMiddleware
@@ -66,6 +72,9 @@ def build_parser():  # noqa: ANN201 - vLLM's FlexibleArgumentParser
     group.add_argument("--default-steer-alpha", type=float, default=None, metavar="A",
                        help="steer_alpha for requests that give none (default: the chosen "
                        "map's default_alpha)")
+    group.add_argument("--default-steer-mode", choices=MODES, default="always",
+                       help="steer_mode for requests that give none; 'adaptive' needs a "
+                       "correctness gate in the default map (default: %(default)s)")
     group.add_argument("--max-steer-alpha", type=float, default=DEFAULT_MAX_STEER_ALPHA,
                        metavar="M", help="refuse |steer_alpha| > M (default: %(default)s)")
     group.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
@@ -159,6 +168,7 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     os.environ[MAX_ALPHA_ENV] = repr(args.max_steer_alpha)
     os.environ[DEFAULT_ALPHA_ENV] = ("map" if args.default_steer_alpha is None
                                      else repr(args.default_steer_alpha))
+    os.environ[DEFAULT_MODE_ENV] = args.default_steer_mode
     try:
         registry.check_defaults()
     except SteeringParamError as e:

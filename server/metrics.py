@@ -19,3 +19,8 @@ REJECTED_REQUESTS = Counter(
     "Requests refused for invalid steering fields, by field.",
     ["field"],
 )
+GATE_DECISIONS = Counter(
+    "adaras_gate_decisions",
+    "Adaptive requests by what the correctness gate decided (steered / not_steered), by map.",
+    ["map", "decision"],
+)

@@ -13,16 +13,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from adaras_vllm.engine.frontend import decide
+from adaras_vllm.engine.gate import RESULTS_METHOD as GATE_RESULTS_METHOD
 from adaras_vllm.engine.params import KNOWN_KEYS, SteeringParamError, is_steering_key
 from adaras_vllm.engine.registry import MapRegistry
 from adaras_vllm.engine.request_context import HTTP_STEERING, HttpSteering
 
-from .metrics import REJECTED_REQUESTS, STEERED_REQUESTS, STEERED_TOKENS
+from .metrics import GATE_DECISIONS, REJECTED_REQUESTS, STEERED_REQUESTS, STEERED_TOKENS
 from .steering_fields import applied_json
+
+logger = logging.getLogger("adaras.server")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -176,7 +180,7 @@ class SteeringMiddleware:
         token = HTTP_STEERING.set(http)
         try:
             await self.app(scope, _replay(raw, receive, http),
-                           _AnnotatingSend(send, http, routed_path(scope)))
+                           _AnnotatingSend(send, http, routed_path(scope), scope.get("app")))
         finally:
             HTTP_STEERING.reset(token)
         return None
@@ -264,10 +268,12 @@ class _AnnotatingSend:
     generation (so nothing decided it) gets a 400 instead of a silently unsteered 200.
     """
 
-    def __init__(self, send: Send, http: HttpSteering, path: str) -> None:
+    def __init__(self, send: Send, http: HttpSteering, path: str, app: Any = None) -> None:
         self.send = send
         self.http = http
         self.path = path
+        self.app = app
+        self.gate: list[dict[str, Any] | None] | None = None
         self.start: Message | None = None
         self.streaming = False
         self.passthrough = False
@@ -301,6 +307,29 @@ class _AnnotatingSend:
     def decision(self):  # noqa: ANN201
         return self.http.decisions[0] if self.http.decisions else None
 
+    async def _fetch_gate(self) -> None:
+        """Adaptive requests: the gate's decisions, from the engine workers (once)."""
+        decision = self.decision
+        if self.gate is not None or decision is None or not decision.gated:
+            return
+        keys = [k for k in self.http.gate_keys if k]
+        results: dict[str, Any] = {}
+        client = getattr(getattr(self.app, "state", None), "engine_client", None)
+        if client is not None and keys:
+            try:
+                ranks = await client.collective_rpc(GATE_RESULTS_METHOD, args=(keys,))
+                results = ranks[0] if ranks else {}
+            except Exception:  # noqa: BLE001 - the answer itself must still go out
+                logger.exception("adaras: could not read gate results for %s", keys)
+        self.gate = [results.get(k) for k in keys]
+        for g in self.gate:
+            GATE_DECISIONS.labels(
+                map=decision.map_name,
+                decision="steered" if g and g["fired"] else "not_steered").inc()
+
+    def _audit(self) -> dict[str, Any]:
+        return applied_json(self.decision, self.gate)
+
     def _count_rejection(self) -> None:
         if self.http.rejected is not None:
             REJECTED_REQUESTS.labels(field=metric_field(self.http.rejected)).inc()
@@ -317,10 +346,11 @@ class _AnnotatingSend:
             return await send_json(send=self.send, status=400,
                                    body=openai_error(400, message, key, "BadRequestError"))
         if self.decision is not None:
+            await self._fetch_gate()
             try:
                 data = json.loads(raw)
                 if isinstance(data, dict):
-                    data["steering"] = applied_json(self.decision)
+                    data["steering"] = self._audit()
                     raw = json.dumps(data).encode()
                     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
                     self._count(int(usage.get("completion_tokens")
@@ -346,11 +376,13 @@ class _AnnotatingSend:
             data = _event_data(event)
             if data == b"[DONE]":
                 if self.decision is not None and self.last_chunk is not None:
+                    await self._fetch_gate()
                     out.append(self._steering_chunk())
                 out.append(event)
             elif data is not None:
                 parsed = self._observe(data)
                 if isinstance(parsed, dict) and parsed.get("type") in FINAL_EVENT_TYPES:
+                    await self._fetch_gate()
                     event = self._annotate(event)
                 elif isinstance(parsed, dict):
                     self.last_chunk = parsed
@@ -369,7 +401,7 @@ class _AnnotatingSend:
     def _steering_chunk(self) -> bytes:
         last = self.last_chunk or {}
         chunk = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
-        chunk.update({"choices": [], "steering": applied_json(self.decision)})
+        chunk.update({"choices": [], "steering": self._audit()})
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
     def _observe(self, payload: bytes) -> Any:
@@ -407,13 +439,15 @@ class _AnnotatingSend:
                     return event
                 if not isinstance(data, dict):
                     return event
-                data["steering"] = applied_json(self.decision)
+                data["steering"] = self._audit()
                 lines[i] = b"data: " + json.dumps(data).encode()
                 return b"\n".join(lines) + b"\n\n"
         return event
 
     def _count(self, tokens: int) -> None:
         decision = self.decision
-        if decision is not None and decision.steered:
+        applied = decision is not None and (self._audit()["applied"] if decision.gated
+                                            else decision.steered)
+        if decision is not None and applied:
             STEERED_REQUESTS.labels(map=decision.map_name).inc()
             STEERED_TOKENS.labels(map=decision.map_name).inc(tokens)

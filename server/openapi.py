@@ -33,8 +33,11 @@ def steering_request_properties(policy: SteeringPolicy) -> dict[str, Any]:
         },
         "steer_mode": {
             "type": "string", "enum": list(SERVER_MODES),
-            "description": "'always' steers with steer_alpha, 'off' never steers; "
-                           "'adaptive' needs a correctness gate (no map has one yet).",
+            "description": "'always' steers with steer_alpha, 'off' never steers, "
+                           "'adaptive' steers only if the map's correctness gate predicts a "
+                           "wrong answer from the prompt (maps with a gate: "
+                           + (", ".join(n for n in policy.map_names if policy.gate_of(n))
+                              or "none") + ").",
         },
     }
     return {
@@ -55,6 +58,10 @@ STEERING_RESPONSE = {
         "alpha": {"type": "number"},
         "applied": {"type": "boolean"},
         "mode": {"type": "string"},
+        "gate_score": {"type": ["number", "null"],
+                       "description": "adaptive: the gate's p_good (null if it never decided)"},
+        "gate_threshold": {"type": ["number", "null"],
+                           "description": "adaptive: steering applies iff gate_score < this"},
     },
 }
 

@@ -25,6 +25,10 @@ def describe_maps(policy: SteeringPolicy) -> dict[str, Any]:
             "layers": [{"layer": layer, "neurons": int(idx.numel())}
                        for layer, (idx, _) in m.layers.items()],
             "fingerprint": m.fingerprint(),
+            "gate": None if m.gate is None else {
+                "features": m.gate.num_features, "hidden": m.gate.hidden,
+                "threshold": m.gate.threshold, "input": "prompt[:-1]",
+                "provenance": dict(m.gate.provenance)},
             "metadata": dict(m.metadata),
         })
     return {"object": "list", "max_steer_alpha": policy.max_alpha, "data": data}

@@ -18,10 +18,22 @@ from adaras_vllm.maps import NeuronMap
 SERVER_MODES = API_MODES
 
 
-def applied_json(decision: SteeringParams) -> dict[str, Any]:
-    """The ``steering`` object of a response: what the engine was told to do."""
-    return {"map": decision.map_name, "alpha": decision.alpha, "applied": decision.steered,
-            "mode": decision.mode}
+def applied_json(decision: SteeringParams,
+                 gate: list[dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    """The ``steering`` object of a response: what the engine was told to do, and for
+    ``adaptive`` what the gate decided (``gate``: one result per prompt of the request;
+    None where the gate never decided, e.g. the request ended during its prefill)."""
+    out: dict[str, Any] = {"map": decision.map_name, "alpha": decision.alpha,
+                           "applied": decision.steered, "mode": decision.mode}
+    if decision.gated:
+        first = (gate or [None])[0]
+        out["applied"] = bool(first and first["fired"])
+        out["gate_score"] = first["p_good"] if first else None
+        out["gate_threshold"] = first["threshold"] if first else None
+        if gate is not None and len(gate) > 1:  # several prompts in one request
+            out["gate_scores"] = [g["p_good"] if g else None for g in gate]
+            out["applied_per_prompt"] = [bool(g and g["fired"]) for g in gate]
+    return out
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,12 @@ class SteeringPolicy:
     @property
     def map_names(self) -> list[str]:
         return [m.name for m in self.maps]
+
+    def gate_of(self, map_name: str) -> Any:
+        for m in self.maps:
+            if m.name == map_name:
+                return m.gate
+        return None
 
     def default_alpha_for(self, map_name: str) -> float:
         if self.default_alpha is not None:

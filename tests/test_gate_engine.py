@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CACHE, PROMPTS, encode_prompts, greedy, start_llm, stop_llm, tokens
-from hf_oracle import hf_gate_score
+from conftest import greedy, start_llm, stop_llm, tokens
+from gated_maps import gated_map_for
 
 from adaras_vllm.engine.gate import GATE_KEY, RESULTS_METHOD
-from adaras_vllm.maps import NeuronMap
 from adaras_vllm.maps.gate import random_gate
 
 pytestmark = pytest.mark.engine
@@ -24,33 +23,11 @@ ALPHA = 4.0
 ENGINE = dict(max_num_batched_tokens=64, enable_prefix_caching=True)
 
 
-def gate_prompts(model_dir) -> list[list[int]]:  # noqa: ANN001
-    """Short and long prompts: one token, two tokens, and one split over 3+ chunks."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    base = encode_prompts(model_dir)
-    long = tok.encode(" ".join(PROMPTS * 3))
-    assert len(long) > 140, len(long)
-    return [base[0][:1], base[1][:2], *base, long]
-
-
 @pytest.fixture(scope="module")
 def gated_setup(qwen3_tiny):
-    """The alpha map with a random gate whose threshold splits the HF scores in two."""
-    model_dir, maps = qwen3_tiny
-    base = NeuronMap.load(maps["alpha_map"])
-    gate = random_gate(24, 8, num_hidden_layers=base.num_hidden_layers,
-                       intermediate_size=base.intermediate_size, seed=7, scale=0.5)
-    prompts = gate_prompts(model_dir)
-    scores = [hf_gate_score(model_dir, ids, gate) for ids in prompts]
-    ordered = sorted(scores)
-    mid = len(ordered) // 2
-    assert ordered[mid] - ordered[mid - 1] > 1e-3, ordered  # a clean split
-    gate.threshold = (ordered[mid - 1] + ordered[mid]) / 2
-    path = CACHE / "tiny-qwen3-gated_map.safetensors"
-    base.renamed("gated_map").with_gate(gate).save(path)
-    return model_dir, {"gated_map": path, "beta_map": maps["beta_map"]}, prompts, scores, gate
+    model_dir, path, prompts, scores, gate = gated_map_for("qwen3", seed=7)
+    return model_dir, {"gated_map": path, "beta_map": qwen3_tiny[1]["beta_map"]}, prompts, \
+        scores, gate
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["eager", "compiled"])
@@ -125,10 +102,10 @@ def test_a_cached_prefix_does_not_change_the_score(engine, gated_setup):
     greedy(engine, [(longer, adaptive("c1"))], max_tokens=2)
     got = gate_results(engine)
     assert abs(got["c0"]["p_good"] - scores[-1]) < 1e-4
-    from hf_oracle import hf_gate_score as score
+    from hf_oracle import hf_gate_score
 
-    gate = NeuronMap.load(CACHE / "tiny-qwen3-gated_map.safetensors").gate
-    assert abs(got["c1"]["p_good"] - score(model_dir, longer, gate)) < 1e-4
+    gate = gated_setup[4]
+    assert abs(got["c1"]["p_good"] - hf_gate_score(model_dir, longer, gate)) < 1e-4
 
 
 def test_adaptive_with_alpha_zero_runs_unsteered_and_records_no_gate(engine, gated_setup):
@@ -147,28 +124,13 @@ def test_hf_gate_features_read_positions_before_the_last_prompt_token(gated_setu
     assert torch.isfinite(feats).all()
 
 
-def _gated_for(arch: str, seed: int):  # noqa: ANN202
-    from conftest import tiny_model
-
-    model_dir, maps = tiny_model(arch)
-    base = NeuronMap.load(maps["alpha_map"])
-    gate = random_gate(24, 8, num_hidden_layers=base.num_hidden_layers,
-                       intermediate_size=base.intermediate_size, seed=seed, scale=0.5)
-    prompts = gate_prompts(model_dir)
-    scores = [hf_gate_score(model_dir, ids, gate) for ids in prompts]
-    ordered = sorted(scores)
-    gate.threshold = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-    path = CACHE / f"tiny-{arch}-gated_map-{seed}.safetensors"
-    base.renamed("gated_map").with_gate(gate).save(path)
-    return model_dir, {"gated_map": path}, prompts, scores, gate
-
-
 @pytest.fixture(scope="module", params=["llama", "qwen3-tp2"])
 def other_engine(request):
     import os
 
     arch = request.param.split("-")[0]
-    setup = _gated_for(arch, seed=11)
+    model_dir, path, *rest = gated_map_for(arch, seed=11)
+    setup = (model_dir, {"gated_map": path}, *rest)
     extra = {}
     saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
     if request.param.endswith("tp2"):

@@ -76,6 +76,7 @@ def _prepare(monkeypatch, *argv: str):
     from server.app import prepare
 
     for var in (ENV_VAR, "ADARAS_DEFAULT_STEER_ALPHA", "ADARAS_MAX_STEER_ALPHA",
+                "ADARAS_DEFAULT_STEER_MODE",
                 "VLLM_WORKER_MULTIPROC_METHOD"):
         monkeypatch.delenv(var, raising=False)
     return prepare(list(argv))
@@ -129,3 +130,10 @@ def test_serving_is_refused_when_a_worker_reports_no_steering():
     missing = {"installed": False, "layers": [], "tracked_requests": 0}
     with pytest.raises(SystemExit, match=r"rank\(s\) \[1\] report no steering installed"):
         asyncio.run(check_engine_steers(_EngineReporting([ok, missing]), policy))
+
+
+def test_a_default_adaptive_mode_without_a_gate_on_the_default_map_refuses_to_start(
+        monkeypatch):
+    with pytest.raises(SystemExit, match="no correctness gate"):
+        _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
+                 "--default-steer-mode", "adaptive")
