@@ -44,6 +44,13 @@ def add_organism_commands(subparsers: argparse._SubParsersAction) -> None:
     add(subparsers)
 
 
+def add_gate_commands(subparsers: argparse._SubParsersAction) -> None:
+    """`adaras gate train`: imports vLLM only when it runs."""
+    from adaras_vllm.gate_training.commands import add_gate_commands as add
+
+    add(subparsers)
+
+
 def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
     """`adaras demo`: its module imports vLLM only when it runs."""
     from adaras_vllm.demo import add_demo_commands as add
@@ -82,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(subparsers)
     add_organism_commands(subparsers)
     add_demo_commands(subparsers)
+    add_gate_commands(subparsers)
     subparsers.add_parser(
         "serve", add_help=False,
         help="OpenAI-compatible server with steering (all 'vllm serve' arguments apply)",

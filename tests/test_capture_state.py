@@ -140,3 +140,25 @@ def test_rows_past_this_steps_tokens_return_to_the_trash_row():
     _step(s, [("a", "k", 6, 0, 9)])
     _step(s, [("a", "k", 2, 6, 9)])
     assert bool((s.slot[2:] == s.trash).all()) and s.slot[:2].tolist() != [s.trash] * 2
+
+
+def test_chosen_features_are_kept_per_token_in_position_order_across_chunks():
+    s = _state()
+    s.token_features = torch.zeros(16, 2)
+    s.feature_index = np.array([1, 0])
+
+    def step(rows):  # noqa: ANN001, ANN202 - the forward writes each token's features
+        _step(s, rows)
+        n = sum(r[2] for r in rows)
+        comp = [r[3] for r in rows]
+        values = np.concatenate([10 * (i + 1) + comp[i] + np.arange(r[2])
+                                 for i, r in enumerate(rows)]).astype(np.float32)
+        s.token_features[:n] = torch.from_numpy(np.stack([values, -values], 1))
+
+    step([("a", "k", 3, 0, 5), ("b", None, 2, 0, 2)])
+    step([("a", "k", 2, 3, 5)])
+    res = _fetched(s)["k"]
+    assert res.token_features.tolist() == [[10 + p, -(10 + p)] for p in range(5)]
+    assert res.feature_index.tolist() == [1, 0]
+    back = CaptureResult.from_wire(res.to_wire())
+    assert np.array_equal(back.token_features, res.token_features)

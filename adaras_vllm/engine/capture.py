@@ -13,6 +13,11 @@ row (tokens not captured, padding). Inside the forward each layer does one ``ind
 into its sums. Chunked prefill simply continues a slot's sum; a request recomputed from
 position 0 after preemption starts its sum again. Only prompt positions are captured.
 
+Optionally (``ADARAS_CAPTURE_TOKEN_FEATURES`` = a JSON file ``{"layers": [...],
+"neurons": [...]}``) a chosen set of features is also kept per token, in that order: what
+a correctness gate is trained on. Those rows are copied to the host once per step (a
+sync, acceptable in an offline capture job, never in serving).
+
 A request opts in with ``SamplingParams.extra_args["adaras_capture"] = "<key>"``; finished
 sums are collected per key through ``LLM.collective_rpc("adaras_capture_fetch")``.
 Capture needs prefix caching off (cached tokens never reach the forward; such a result is
@@ -34,6 +39,7 @@ from torch import nn
 from .token_rows import TokenRequestIndex, host_layout
 
 CAPTURE_ENV = "ADARAS_CAPTURE"
+TOKEN_FEATURES_ENV = "ADARAS_CAPTURE_TOKEN_FEATURES"
 CAPTURE_KEY = "adaras_capture"
 FETCH_METHOD = "adaras_capture_fetch"
 
@@ -57,29 +63,57 @@ class CapturedDownProj:
         return super().forward(x, *args, **kwargs)  # type: ignore[misc]
 
 
+class TokenCapturedDownProj:
+    """Mixin: also copy this layer's chosen features of every token into the per-token
+    feature buffer (the step's rows are moved to the host before the next step)."""
+
+    adaras_tok_idx: torch.Tensor  # int64 [k_l], shard-local neuron indices
+    adaras_tok_feat: torch.Tensor  # [max_tokens, k_l] activation dtype
+    adaras_tok_cols: torch.Tensor  # [max_tokens, k_l] f32 view into the shared buffer
+
+    def forward(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
+        n = x.shape[0]
+        torch.index_select(x, 1, self.adaras_tok_idx, out=self.adaras_tok_feat[:n])
+        self.adaras_tok_cols[:n].copy_(self.adaras_tok_feat[:n])
+        return super().forward(x, *args, **kwargs)  # type: ignore[misc]
+
+
 @dataclass
 class CaptureResult:
-    """One request's activation sums on this rank: ``sums`` is ``[layers, I_local]``."""
+    """One request's activation sums on this rank: ``sums`` is ``[layers, I_local]``;
+    ``token_features`` ``[prompt_len, n_local]`` the chosen per-token features this rank
+    holds, whose places in the requested order are ``feature_index``."""
 
     sums: np.ndarray
     tokens: int  # tokens added into ``sums``
     prompt_len: int
     complete: bool  # every prompt token passed through the forward exactly once
+    token_features: np.ndarray | None = None
+    feature_index: np.ndarray | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """Plain types only: utility results cross process boundaries as msgpack."""
-        return {
+        out = {
             "sums": self.sums.astype(np.float32, copy=False).tobytes(),
             "shape": list(self.sums.shape),
             "tokens": self.tokens,
             "prompt_len": self.prompt_len,
             "complete": self.complete,
         }
+        if self.token_features is not None and self.feature_index is not None:
+            out["token_features"] = self.token_features.astype(np.float32, copy=False).tobytes()
+            out["token_shape"] = list(self.token_features.shape)
+            out["feature_index"] = self.feature_index.astype(np.int64).tolist()
+        return out
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> "CaptureResult":
         sums = np.frombuffer(d["sums"], dtype=np.float32).reshape(d["shape"])
-        return cls(sums, int(d["tokens"]), int(d["prompt_len"]), bool(d["complete"]))
+        tok = idx = None
+        if "token_features" in d:
+            tok = np.frombuffer(d["token_features"], dtype=np.float32).reshape(d["token_shape"])
+            idx = np.asarray(d["feature_index"], dtype=np.int64)
+        return cls(sums, int(d["tokens"]), int(d["prompt_len"]), bool(d["complete"]), tok, idx)
 
 
 class CaptureState:
@@ -118,6 +152,11 @@ class CaptureState:
         self._done: list[str] = []  # req ids whose prompt is fully added after this step
         self._keys: dict[str, str | None] = {}
         self.results: dict[str, CaptureResult] = {}
+        # Per-token features (optional): set by install_capture.
+        self.token_features: torch.Tensor | None = None
+        self.feature_index: np.ndarray | None = None
+        self._token_rows: dict[int, list[np.ndarray]] = {}
+        self._last_total = 0
 
     def key_of(self, req_id: str, sampling_params: Any) -> str | None:
         if req_id not in self._keys:
@@ -143,7 +182,7 @@ class CaptureState:
 
         ``live`` (V1, which has no removal hook) lets slots of vanished requests go.
         """
-        self.harvest()
+        self.harvest()  # also collects the last step's per-token rows
         if live is not None and len(self._keys) > 2 * self.max_slots:
             self.prune(live)
         num_scheduled = num_scheduled.astype(np.int64, copy=False)
@@ -180,6 +219,8 @@ class CaptureState:
             idx = torch.tensor(fresh, dtype=torch.int64, device=self.sums.device)
             self.sums.index_fill_(1, idx, 0.0)
             self._tokens[fresh] = 0
+            for slot in fresh:
+                self._token_rows.pop(slot, None)
 
         if query_start_loc is None or positions is None:
             qsl, pos = host_layout(num_scheduled, num_computed)
@@ -222,15 +263,31 @@ class CaptureState:
         if self._dirty > total:
             self.slot[total : self._dirty].fill_(self.trash)
         self._dirty = total
+        self._last_total = total
 
     def clear_tokens(self) -> None:
         """Dummy runs call the model directly: route every token to the trash row."""
+        self._collect_token_rows()
         if self._dirty:
             self.slot[: self._dirty].fill_(self.trash)
             self._dirty = 0
 
+    def _collect_token_rows(self) -> None:
+        """Move the last step's per-token features to their slots' lists (host sync)."""
+        n, self._last_total = self._last_total, 0
+        if self.token_features is None or n == 0:
+            return
+        slots = self.slot[:n].cpu().numpy()
+        keep = slots != self.trash
+        if not keep.any():
+            return
+        rows = self.token_features[:n].cpu().numpy()[keep]
+        for slot in np.unique(slots[keep]):  # rows of one request are in position order
+            self._token_rows.setdefault(int(slot), []).append(rows[slots[keep] == slot])
+
     def harvest(self) -> None:
         """Move the sums of requests whose prompt is complete to the host; free slots."""
+        self._collect_token_rows()
         if not self._done:
             return
         done = [r for r in dict.fromkeys(self._done) if r in self._owner]
@@ -243,12 +300,18 @@ class CaptureState:
         for j, req_id in enumerate(done):
             key, slot = self._owner.pop(req_id)
             self._keys[req_id] = None  # captured once; later (decode) steps go to trash
+            token_rows = self._token_rows.pop(slot, None)
+            width = 0 if self.feature_index is None else len(self.feature_index)
             self.results[key] = CaptureResult(
                 sums=np.ascontiguousarray(host[:, j, :]),
                 tokens=int(self._tokens[slot]),
                 prompt_len=int(self._prompt_len[slot]),
                 complete=bool(self._complete[slot])
                 and int(self._tokens[slot]) == int(self._prompt_len[slot]),
+                token_features=None if self.token_features is None else (
+                    np.concatenate(token_rows) if token_rows
+                    else np.zeros((0, width), np.float32)),
+                feature_index=self.feature_index,
             )
             self._free.append(slot)
 
@@ -258,6 +321,7 @@ class CaptureState:
         owned = self._owner.pop(req_id, None)
         if owned is not None and req_id not in self._done:
             self._free.append(owned[1])
+            self._token_rows.pop(owned[1], None)
 
     def prune(self, live: set[str]) -> None:
         """Release what requests that are gone still hold (V1 has no removal hook)."""
@@ -293,4 +357,56 @@ def install_capture(
         down.adaras_sums = state.sums[layer]
         down.adaras_slot = state.slot
         down.__class__ = with_mixin(CapturedDownProj, type(down))
+    features = _token_features_from_env()
+    if features is not None:
+        _install_token_features(state, downs, features, max_tokens, device)
     return state
+
+
+def _token_features_from_env() -> tuple[list[int], list[int]] | None:
+    import json
+
+    path = os.environ.get(TOKEN_FEATURES_ENV, "").strip()
+    if not path:
+        return None
+    with open(path) as f:
+        spec = json.load(f)
+    layers, neurons = [int(v) for v in spec["layers"]], [int(v) for v in spec["neurons"]]
+    if len(layers) != len(neurons) or not layers:
+        raise ValueError(f"{TOKEN_FEATURES_ENV} file {path}: 'layers' and 'neurons' must be "
+                         "non-empty lists of the same length")
+    return layers, neurons
+
+
+def _install_token_features(state: CaptureState, downs: dict[int, nn.Module],
+                            features: tuple[list[int], list[int]], max_tokens: int,
+                            device: torch.device) -> None:
+    """Per-token capture of the chosen (layer, neuron) features this rank holds."""
+    from .model_patch import with_mixin
+
+    layers, neurons = features
+    per_layer: dict[int, list[tuple[int, int]]] = {}
+    for order, (layer, neuron) in enumerate(zip(layers, neurons)):
+        if layer not in downs:
+            raise ValueError(f"{TOKEN_FEATURES_ENV}: layer {layer} has no mlp.down_proj")
+        per_layer.setdefault(layer, []).append((order, neuron))
+    columns: list[tuple[int, int, int]] = []  # (order, layer, local neuron)
+    for layer in sorted(per_layer):
+        down = downs[layer]
+        local = int(getattr(down, "input_size_per_partition", 0) or down.weight.shape[1])
+        rank = int(getattr(down, "tp_rank", 0) or 0)
+        start = rank * local
+        columns += [(o, layer, n - start) for o, n in per_layer[layer] if start <= n < start + local]
+    state.token_features = torch.zeros(max_tokens, len(columns), dtype=torch.float32,
+                                       device=device)
+    state.feature_index = np.asarray([o for o, _, _ in columns], dtype=np.int64)
+    col = 0
+    for layer in sorted(per_layer):
+        mine = [n for _, lyr, n in columns if lyr == layer]
+        down = downs[layer]
+        dtype = next(down.parameters()).dtype
+        down.adaras_tok_idx = torch.tensor(mine, dtype=torch.int64, device=device)
+        down.adaras_tok_feat = torch.zeros(max_tokens, len(mine), dtype=dtype, device=device)
+        down.adaras_tok_cols = state.token_features[:, col : col + len(mine)]
+        down.__class__ = with_mixin(TokenCapturedDownProj, type(down))
+        col += len(mine)

@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from adaras_vllm.engine.capture import CAPTURE_ENV, CAPTURE_KEY, FETCH_METHOD, CaptureResult
+from adaras_vllm.engine.capture import (
+    CAPTURE_ENV,
+    CAPTURE_KEY,
+    FETCH_METHOD,
+    TOKEN_FEATURES_ENV,
+    CaptureResult,
+)
 
 
 class ActivationCapture:
@@ -38,15 +44,33 @@ class ActivationCapture:
         max_num_batched_tokens: int | None = None,
         tensor_parallel_size: int = 1,
         compiled: bool = False,
+        token_features: tuple[Sequence[int], Sequence[int]] | None = None,
         **engine_kwargs: Any,
     ) -> None:
+        """``token_features``: (layers, neurons) to also keep per token, in that order."""
+        import json
+        import tempfile
+
         from vllm import LLM
 
         from adaras_vllm.engine.plugin import register
 
-        saved = {k: os.environ.get(k) for k in (CAPTURE_ENV, "ADARAS_NEURON_MAPS")}
+        saved = {k: os.environ.get(k)
+                 for k in (CAPTURE_ENV, "ADARAS_NEURON_MAPS", TOKEN_FEATURES_ENV)}
         os.environ[CAPTURE_ENV] = "1"
         os.environ.pop("ADARAS_NEURON_MAPS", None)  # capture the unsteered model
+        os.environ.pop(TOKEN_FEATURES_ENV, None)
+        self.num_token_features = 0
+        if token_features is not None:
+            layers, neurons = ([int(v) for v in token_features[0]],
+                               [int(v) for v in token_features[1]])
+            spec = tempfile.NamedTemporaryFile("w", suffix=".json", prefix="adaras-features-",
+                                               delete=False)
+            with spec:
+                json.dump({"layers": layers, "neurons": neurons}, spec)
+            self._spec_path = spec.name
+            os.environ[TOKEN_FEATURES_ENV] = spec.name
+            self.num_token_features = len(layers)
         try:
             register()  # this process too: a forked engine inherits the patches
             kwargs: dict[str, Any] = dict(
@@ -88,6 +112,11 @@ class ActivationCapture:
         self.close()
 
     def close(self) -> None:
+        spec = getattr(self, "_spec_path", None)
+        if spec is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(spec)
+            self._spec_path = None
         llm = getattr(self, "llm", None)
         if llm is not None:
             with contextlib.suppress(Exception):
@@ -109,6 +138,16 @@ class ActivationCapture:
         Prompts go to the engine ``self.chunk`` at a time, so host memory holds at most one
         chunk of results. ``progress(n)`` is called with the number of prompts finished.
         """
+        for i, mean, _ in self.features(prompts, progress):
+            yield i, mean
+
+    def features(
+        self,
+        prompts: Sequence[Sequence[int]],
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Like ``means``, plus each prompt's ``[len, N]`` per-token features when the
+        engine was started with ``token_features`` (else None)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -137,6 +176,12 @@ class ActivationCapture:
                         "caching on?"
                     )
                 sums = np.concatenate([p.sums for p in pieces], axis=-1)
-                yield start + j, sums / max(pieces[0].tokens, 1)
+                per_token = None
+                if self.num_token_features:
+                    per_token = np.zeros((pieces[0].prompt_len, self.num_token_features),
+                                         np.float32)
+                    for piece in pieces:  # each rank holds the features of its shard
+                        per_token[:, piece.feature_index] = piece.token_features
+                yield start + j, sums / max(pieces[0].tokens, 1), per_token
             if progress is not None:
                 progress(len(part))

@@ -1,0 +1,1 @@
+"""Training a map's correctness gate (``adaras gate train``)."""
