@@ -72,3 +72,22 @@ def test_results_json_holds_summary_and_every_answer(tmp_path):
 def test_table_prints_one_row_per_setting():
     table = format_table(summarize(_graded(0.0, BASE) + _graded(0.3, STEERED, "m")))
     assert len(table.splitlines()) == 3 and "90.00%" in table
+
+
+def test_grid_with_modes_asks_off_once_and_each_steered_mode_per_map_and_alpha():
+    grid = settings_grid([0.0, 0.3], ["m"], ["off", "always", "adaptive"])
+    assert grid == [Setting(None, 0.0, "off"), Setting("m", 0.3, "always"),
+                    Setting("m", 0.3, "adaptive")]
+
+
+def test_adaptive_summary_reports_the_share_steered_and_the_gates_precision_and_recall():
+    base = _graded(0.0, BASE)  # p5..p9 wrong when off
+    fired = [False, False, False, True, False, True, True, False, False, False]
+    adaptive = [Graded(f"p{i}", "m", 0.3, None, c == "1", mode="adaptive", steered=f)
+                for i, (c, f) in enumerate(zip("1111101100", fired))]
+    summaries = summarize(base + adaptive)
+    s = next(x for x in summaries if x.mode == "adaptive")
+    assert s.steered_fraction == 0.3
+    assert s.gate_precision == pytest.approx(2 / 3)  # p5, p6 of p3, p5, p6 were wrong off
+    assert s.gate_recall == pytest.approx(2 / 5)
+    assert "adaptive" in format_table(summaries) and "gate P" in format_table(summaries)

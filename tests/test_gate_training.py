@@ -75,19 +75,17 @@ def test_the_folded_gate_reads_raw_features_and_scores_like_the_trained_classifi
     assert np.allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.engine
-def test_gate_train_on_the_organism_writes_a_gate_the_engine_scores_the_same(tmp_path):
-    from conftest import start_llm, stop_llm
-
-    from adaras_vllm.engine.gate import GATE_KEY, RESULTS_METHOD
-    from adaras_vllm.maps import NeuronMap
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``adaras gate train`` on the organism: (gated map, report, validation records)."""
     from adaras_vllm.organism.assets import ORGANISM_DIR, ORGANISM_MAP
     from adaras_vllm.organism.task import generate_split, write_problems
 
-    train = write_problems(tmp_path / "train.jsonl", generate_split("train", 40, seed=9))
+    tmp = tmp_path_factory.mktemp("gate-train")
+    train = write_problems(tmp / "train.jsonl", generate_split("train", 40, seed=9))
     val_records = generate_split("validation", 16, seed=9)
-    val = write_problems(tmp_path / "val.jsonl", val_records)
-    out = tmp_path / "gated.safetensors"
+    val = write_problems(tmp / "val.jsonl", val_records)
+    out = tmp / "gated.safetensors"
     proc = subprocess.run(
         [sys.executable, "-m", "adaras_vllm", "gate", "train", "--model", str(ORGANISM_DIR),
          "--neuron-map", str(ORGANISM_MAP), "--problems", str(train), "--validation", str(val),
@@ -95,17 +93,35 @@ def test_gate_train_on_the_organism_writes_a_gate_the_engine_scores_the_same(tmp
          "--dtype", "float32", "--kv-cache-gib", "0.25", "--max-model-len", "256",
          "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp / "gated.gate.json").read_text())
+    return out, report, val_records, val
+
+
+@pytest.mark.engine
+def test_gate_train_writes_the_gate_its_report_and_keeps_the_maps_neurons(trained):
+    from adaras_vllm.maps import NeuronMap
+    from adaras_vllm.organism.assets import ORGANISM_MAP
+
+    out, report, _, _ = trained
     gated, base = NeuronMap.load(out), NeuronMap.load(ORGANISM_MAP)
     assert gated.gate is not None and gated.gate.num_features == 64
-    assert gated.top(gated.num_neurons).layers.keys() == base.layers.keys()
-    report = json.loads((tmp_path / "gated.gate.json").read_text())
+    assert gated.with_gate(None) == base.with_gate(None)
     assert report["validation"]["n"] == 16 and report["features"] == 64
-    assert (tmp_path / "gated.gate.png").read_bytes()[:4] == b"\x89PNG"
-    # The served model scores each validation question as training said it would.
+    assert gated.gate.threshold == report["threshold"]
+    assert out.with_name("gated.gate.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.engine
+def test_the_served_model_scores_each_question_as_training_said(trained):
+    from conftest import start_llm, stop_llm
+    from vllm import SamplingParams
+
+    from adaras_vllm.engine.gate import GATE_KEY, RESULTS_METHOD
+    from adaras_vllm.organism.assets import ORGANISM_DIR
+
+    out, report, val_records, _ = trained
     llm = start_llm(ORGANISM_DIR, {"arith": out}, eager=True, max_model_len=256)
     try:
-        from vllm import SamplingParams
-
         convs = [[{"role": "user", "content": r["question"]}] for r in val_records]
         params = [SamplingParams(max_tokens=2, temperature=0.0, extra_args={
             "steer_mode": "adaptive", "steer_alpha": 1.0, GATE_KEY: r["id"]})
@@ -116,3 +132,30 @@ def test_gate_train_on_the_organism_writes_a_gate_the_engine_scores_the_same(tmp
         stop_llm(llm)
     for pid, p_good in report["validation_p_good"].items():
         assert abs(got[pid]["p_good"] - p_good) < 1e-4, pid
+
+
+@pytest.mark.engine
+def test_eval_compares_off_always_and_adaptive_with_the_gate_s_own_decisions(trained, tmp_path):
+    from adaras_vllm.organism.assets import ORGANISM_DIR
+
+    out, report, _, val = trained
+    proc = subprocess.run(
+        [sys.executable, "-m", "adaras_vllm", "eval", "--model", str(ORGANISM_DIR),
+         "--neuron-map", str(out), "--problems", str(val), "--alphas", "0,2",
+         "--modes", "off,always,adaptive", "--max-tokens", "96", "--dtype", "float32",
+         "--kv-cache-gib", "0.25", "--out", str(tmp_path / "eval.json")],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "eval.json").read_text())
+    rows = {(s["mode"], s["alpha"]) for s in data["summary"]}
+    assert rows == {("off", 0.0), ("always", 2.0), ("adaptive", 2.0)}
+    answers = {(a["problem_id"], a["mode"]): a for a in data["answers"]}
+    fired = {pid: p < report["threshold"] for pid, p in report["validation_p_good"].items()}
+    for pid, f in fired.items():
+        a = answers[(pid, "adaptive")]
+        assert a["steered"] is f and abs(a["gate_score"] - report["validation_p_good"][pid]) < 1e-4
+        twin = answers[(pid, "always" if f else "off")]
+        assert a["answer"] == twin["answer"], pid
+    adaptive = next(s for s in data["summary"] if s["mode"] == "adaptive")
+    assert adaptive["steered_fraction"] == sum(fired.values()) / len(fired)
+    assert "gate P" in proc.stdout

@@ -33,6 +33,15 @@ def _counts(text: str) -> list[int]:
     return values
 
 
+def _modes(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in ("off", "always", "adaptive")]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(
+            f"--modes must be comma-separated from off, always, adaptive, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
 def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="accuracy per steer_alpha with 95%% intervals and a paired test vs alpha 0",
@@ -50,6 +59,9 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
                        help="a running adaras (or vLLM+plugin) server, e.g. "
                             "http://127.0.0.1:8000")
     where.add_argument("--model", metavar="DIR", help="run offline: a model vLLM can load")
+    p.add_argument("--modes", type=_modes, default=["always"], metavar="M,M",
+                   help="steering modes to compare, from off, always, adaptive (adaptive "
+                   "needs a map with a gate; off is the alpha-0 baseline; default: always)")
     p.add_argument("--neuron-map", type=Path, metavar="MAP",
                    help="offline: the map to steer with")
     p.add_argument("--neurons", type=_counts, metavar="N,N",
@@ -86,7 +98,7 @@ def run_eval(args: argparse.Namespace) -> int:
                       answer_pattern=args.answer_pattern)
     start = time.time()
     if args.server:
-        grid = settings_grid(args.alphas, [args.steer_map])
+        grid = settings_grid(args.alphas, [args.steer_map], args.modes)
         graded = ask_server(args.server, problems, grid, ask, model=args.served_model,
                             api_key=args.api_key, concurrency=args.concurrency)
         where = args.server
@@ -108,7 +120,10 @@ def run_eval(args: argparse.Namespace) -> int:
             engine["kv_cache_memory_bytes"] = int(args.kv_cache_gib * (1 << 30))
         if args.max_num_seqs:
             engine["max_num_seqs"] = args.max_num_seqs
-        grid = settings_grid(args.alphas, list(maps))
+        if "adaptive" in args.modes and base.gate is None:
+            raise ValueError(f"--modes adaptive needs a map with a correctness gate; "
+                             f"{args.neuron_map} has none (train one: adaras gate train)")
+        grid = settings_grid(args.alphas, list(maps), args.modes)
         with tmp:
             graded = ask_offline(args.model, maps, problems, grid, ask, engine_kwargs=engine)
         where = f"{args.model} (offline)"
@@ -117,7 +132,8 @@ def run_eval(args: argparse.Namespace) -> int:
           f"{time.time() - start:.0f} s")
     print(format_table(summaries))
     meta = {"problems": str(args.problems), "where": where, "alphas": args.alphas,
-            "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed}
+            "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed,
+            "modes": args.modes}
     write_results(args.out, summaries, graded, meta)
     png = args.out.with_suffix(".png")
     plot_accuracy(png, summaries, f"{args.problems.name}: accuracy vs steer_alpha")

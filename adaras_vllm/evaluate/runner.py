@@ -24,6 +24,7 @@ from .summary import Graded
 class Setting:
     steer_map: str | None  # None: the server's / engine's default map
     alpha: float
+    mode: str = "always"  # the baseline (alpha 0) is "off"; else "always" or "adaptive"
 
 
 @dataclass(frozen=True)
@@ -35,19 +36,34 @@ class AskSettings:
     answer_pattern: str | None = None
 
 
-def settings_grid(alphas: Sequence[float], maps: Sequence[str | None]) -> list[Setting]:
+def settings_grid(alphas: Sequence[float], maps: Sequence[str | None],
+                  modes: Sequence[str] = ("always",)) -> list[Setting]:
+    """alpha 0 (``off``) once, then every map at every other alpha in every steered mode."""
     if 0.0 not in alphas:
         raise ValueError(f"--alphas must include 0 (the unsteered baseline), got {list(alphas)}")
-    grid = [Setting(None, 0.0)]
-    grid += [Setting(m, a) for m in maps for a in alphas if a != 0.0]
+    grid = [Setting(None, 0.0, "always" if list(modes) == ["always"] else "off")]
+    grid += [Setting(m, a, mode) for m in maps for mode in modes if mode != "off"
+             for a in alphas if a != 0.0]
     return grid
 
 
+def _extra(setting: Setting) -> dict:
+    extra: dict = {"steer_alpha": setting.alpha}
+    if setting.steer_map is not None:
+        extra["steer_map"] = setting.steer_map
+    if setting.mode != "always":
+        extra["steer_mode"] = setting.mode
+    return extra
+
+
 def _grade(problem: Problem, setting: Setting, text: str, tokens: int,
-           ask: AskSettings) -> Graded:
+           ask: AskSettings, gate: dict | None = None) -> Graded:
     trace = label_response(problem, 0, text, ask.answer_pattern)
+    adaptive = setting.mode == "adaptive"
     return Graded(problem.id, setting.steer_map, setting.alpha, trace.answer, trace.is_good,
-                  tokens)
+                  tokens, mode=setting.mode,
+                  steered=bool(gate and gate.get("fired")) if adaptive else None,
+                  gate_score=(gate or {}).get("p_good") if adaptive else None)
 
 
 def ask_server(
@@ -64,9 +80,7 @@ def ask_server(
 
     def one(job: tuple[Problem, Setting]) -> Graded:
         problem, setting = job
-        extra: dict = {"steer_alpha": setting.alpha}
-        if setting.steer_map is not None:
-            extra["steer_map"] = setting.steer_map
+        extra = _extra(setting)
         resp = client.chat.completions.create(
             model=model,
             messages=[{"role": "user",
@@ -76,7 +90,10 @@ def ask_server(
             extra_body=extra,
         )
         text = resp.choices[0].message.content or ""
-        return _grade(problem, setting, text, resp.usage.completion_tokens, ask)
+        audit = (getattr(resp, "model_extra", None) or {}).get("steering") or {}
+        gate = ({"fired": audit.get("applied"), "p_good": audit.get("gate_score")}
+                if setting.mode == "adaptive" else None)
+        return _grade(problem, setting, text, resp.usage.completion_tokens, ask, gate)
 
     jobs = [(p, s) for s in grid for p in problems]
     with ThreadPoolExecutor(concurrency) as pool:
@@ -91,6 +108,8 @@ def ask_offline(
 ) -> list[Graded]:
     """One engine with every map of ``maps`` (name -> path) loaded; all settings batched."""
     from vllm import LLM, SamplingParams
+
+    from adaras_vllm.engine.gate import GATE_KEY, RESULTS_METHOD
 
     os.environ["ADARAS_NEURON_MAPS"] = ",".join(f"{n}={p}" for n, p in maps.items())
     from adaras_vllm.engine.plugin import register
@@ -107,15 +126,17 @@ def ask_offline(
             SamplingParams(
                 max_tokens=ask.max_tokens, temperature=ask.temperature,
                 seed=ask.seed if ask.temperature > 0 else None,
-                extra_args={"steer_alpha": s.alpha,
-                            **({"steer_map": s.steer_map} if s.steer_map else {})},
+                extra_args={**_extra(s), **({GATE_KEY: f"eval-{i}"}
+                                            if s.mode == "adaptive" else {})},
             )
-            for _, s in jobs
+            for i, (_, s) in enumerate(jobs)
         ]
         outputs = llm.chat(conversations, params, use_tqdm=progress)
+        gates = (llm.collective_rpc(RESULTS_METHOD, args=(None,))[0]
+                 if any(s.mode == "adaptive" for s in grid) else {})
     finally:
         llm.llm_engine.engine_core.shutdown()
     return [
-        _grade(p, s, o.outputs[0].text, len(o.outputs[0].token_ids), ask)
-        for (p, s), o in zip(jobs, outputs)
+        _grade(p, s, o.outputs[0].text, len(o.outputs[0].token_ids), ask, gates.get(f"eval-{i}"))
+        for i, ((p, s), o) in enumerate(zip(jobs, outputs))
     ]

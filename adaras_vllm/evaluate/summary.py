@@ -26,6 +26,9 @@ class Graded:
     answer: str | None
     correct: bool
     completion_tokens: int = 0
+    mode: str = "always"
+    steered: bool | None = None  # adaptive: whether the gate fired
+    gate_score: float | None = None  # adaptive: the gate's p_good
 
 
 @dataclass(frozen=True)
@@ -40,20 +43,24 @@ class SettingSummary:
     wrong_to_right: int
     mcnemar_p: float
     mean_completion_tokens: float
+    mode: str = "always"
+    steered_fraction: float | None = None  # adaptive: share of requests the gate steered
+    gate_precision: float | None = None  # adaptive: of those steered, share wrong when off
+    gate_recall: float | None = None  # adaptive: of those wrong when off, share steered
 
 
 def summarize(graded: Sequence[Graded]) -> list[SettingSummary]:
-    """One summary per (map, alpha), each paired with the alpha-0 answers."""
+    """One summary per (map, alpha, mode), each paired with the alpha-0 answers."""
     baseline = {g.problem_id: g.correct for g in graded if g.alpha == 0.0}
     if not baseline:
         raise ValueError("the alphas must include 0: steered runs are compared with alpha 0")
-    settings: dict[tuple[str | None, float], list[Graded]] = {}
+    settings: dict[tuple[str | None, float, str], list[Graded]] = {}
     for g in graded:
-        key = (None, 0.0) if g.alpha == 0.0 else (g.steer_map, g.alpha)
+        key = (None, 0.0, g.mode) if g.alpha == 0.0 else (g.steer_map, g.alpha, g.mode)
         settings.setdefault(key, []).append(g)
     out = []
-    for (steer_map, alpha), rows in sorted(
-        settings.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])
+    for (steer_map, alpha, mode), rows in sorted(
+        settings.items(), key=lambda kv: (kv[0][0] or "", kv[0][1], kv[0][2])
     ):
         rows = sorted(rows, key=lambda r: r.problem_id)
         missing = [r.problem_id for r in rows if r.problem_id not in baseline]
@@ -63,6 +70,16 @@ def summarize(graded: Sequence[Graded]) -> list[SettingSummary]:
         treated = [r.correct for r in rows]
         r2w, w2r = paired_flips(base, treated)
         correct = sum(treated)
+        gate: dict[str, float | None] = {}
+        if mode == "adaptive":
+            steered = [bool(r.steered) for r in rows]
+            wrong_off = [not b for b in base]
+            hits = sum(s and w for s, w in zip(steered, wrong_off))
+            gate = {
+                "steered_fraction": sum(steered) / len(rows),
+                "gate_precision": hits / sum(steered) if any(steered) else None,
+                "gate_recall": hits / sum(wrong_off) if any(wrong_off) else None,
+            }
         out.append(SettingSummary(
             steer_map=steer_map,
             alpha=alpha,
@@ -74,19 +91,32 @@ def summarize(graded: Sequence[Graded]) -> list[SettingSummary]:
             wrong_to_right=w2r,
             mcnemar_p=mcnemar_exact(r2w, w2r),
             mean_completion_tokens=sum(r.completion_tokens for r in rows) / len(rows),
+            mode=mode,
+            **gate,
         ))
     return out
 
 
 def format_table(summaries: Sequence[SettingSummary]) -> str:
-    lines = [f"{'map':<14} {'alpha':>6} {'n':>6} {'accuracy':>9} {'95% CI':>17} "
-             f"{'R->W':>5} {'W->R':>5} {'McNemar p':>10}"]
+    with_modes = any(s.mode != "always" for s in summaries)
+    lines = [f"{'map':<14} {'alpha':>6} " + (f"{'mode':<9} " if with_modes else "")
+             + f"{'n':>6} {'accuracy':>9} {'95% CI':>17} {'R->W':>5} {'W->R':>5} "
+             f"{'McNemar p':>10} {'tokens':>7}"
+             + (f" {'steered':>8} {'gate P':>7} {'gate R':>7}" if with_modes else "")]
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
     for s in summaries:
-        lines.append(
-            f"{(s.steer_map or '-'):<14} {s.alpha:>6g} {s.n:>6} {100 * s.accuracy:>8.2f}% "
-            f"[{100 * s.ci95[0]:6.2f}, {100 * s.ci95[1]:6.2f}] {s.right_to_wrong:>5} "
-            f"{s.wrong_to_right:>5} {s.mcnemar_p:>10.4g}"
-        )
+        line = (f"{(s.steer_map or '-'):<14} {s.alpha:>6g} "
+                + (f"{s.mode:<9} " if with_modes else "")
+                + f"{s.n:>6} {100 * s.accuracy:>8.2f}% "
+                f"[{100 * s.ci95[0]:6.2f}, {100 * s.ci95[1]:6.2f}] {s.right_to_wrong:>5} "
+                f"{s.wrong_to_right:>5} {s.mcnemar_p:>10.4g} {s.mean_completion_tokens:>7.1f}")
+        if with_modes:
+            line += (f" {pct(s.steered_fraction):>8} {pct(s.gate_precision):>7} "
+                     f"{pct(s.gate_recall):>7}")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -110,15 +140,17 @@ def plot_accuracy(path: Path, summaries: Sequence[SettingSummary], title: str) -
 
     base = next(s for s in summaries if s.alpha == 0.0)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    maps = sorted({s.steer_map for s in summaries if s.alpha != 0.0}, key=str)
-    for m in maps:
-        rows = [base] + sorted((s for s in summaries if s.steer_map == m and s.alpha != 0.0),
+    curves = sorted({(s.steer_map, s.mode) for s in summaries if s.alpha != 0.0}, key=str)
+    for m, mode in curves:
+        rows = [base] + sorted((s for s in summaries
+                                if s.steer_map == m and s.mode == mode and s.alpha != 0.0),
                                key=lambda s: s.alpha)
         xs = [s.alpha for s in rows]
         ys = [100 * s.accuracy for s in rows]
         err = [[100 * (s.accuracy - s.ci95[0]) for s in rows],
                [100 * (s.ci95[1] - s.accuracy) for s in rows]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m or "steered")
+        label = (m or "steered") + ("" if mode == "always" else f" ({mode})")
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
     ax.axhline(100 * base.accuracy, color="grey", ls="--", lw=0.8, label="alpha 0")
     ax.set(xlabel="steer_alpha", ylabel="accuracy (%)", title=title)
     ax.legend(fontsize=8)
