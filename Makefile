@@ -52,6 +52,7 @@ bench: install
 	$(PY) benchmarks/steer_op.py --out out/bench/steer_op.json
 	$(PY) benchmarks/paper_vs_ours.py --out out/bench/paper_vs_ours.json
 	$(PY) benchmarks/capture_throughput.py --profile --out out/bench/capture.json
+	$(PY) benchmarks/gate_cost.py --out out/bench/gate_cost.json
 
 # On a CUDA machine (make install EXTRAS=gpu,test first): the CUDA-graph test, the oracle
 # tests with vLLM's CUDA defaults (V2 runner, CUDA graphs, async scheduling) and eager, and
