@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install serve demo test test-fast bench experiment gpu-check reliability clean
+.PHONY: install serve demo test test-fast bench experiment experiment-gate gpu-check reliability clean
 
 install: $(STAMP)
 
@@ -82,6 +82,23 @@ experiment: install
 	$(ADARAS) eval --model models/organism-qwen3 --neuron-map $(ORG)/top200.safetensors \
 	    --neurons $(NEURONS) --alphas=$(ALPHAS) --max-tokens 128 --problems $(ORG)/validation.jsonl \
 	    $(ENGINE) --max-num-seqs 256 --out $(ORG)/validation-grid.json
+
+# The gate on the organism (README "The adaptive gate"): trained on train + validation
+# (threshold by Youden's J on validation), then the test split once: off / always / adaptive
+# at the alpha chosen before on validation (2), with N = 256 features, H = 256 (fixed in
+# advance, not tuned).
+experiment-gate: install
+	$(ADARAS) organism problems --split train --n 600 --seed 0 --out $(ORG)/train.jsonl
+	$(ADARAS) organism problems --split validation --n 500 --seed 0 --out $(ORG)/validation.jsonl
+	$(ADARAS) organism problems --split test --n 1000 --seed 0 --out $(ORG)/test.jsonl
+	cp neuron_maps/organism-arith.safetensors $(ORG)/arith-gated.safetensors
+	$(ADARAS) gate train --model models/organism-qwen3 --neuron-map $(ORG)/arith-gated.safetensors \
+	    --problems $(ORG)/train.jsonl --validation $(ORG)/validation.jsonl --features 256 \
+	    --hidden 256 --seed 0 --max-tokens 128 $(ENGINE) --max-model-len 256 --max-num-seqs 128
+	$(ADARAS) eval --model models/organism-qwen3 --neuron-map $(ORG)/arith-gated.safetensors \
+	    --problems $(ORG)/test.jsonl --alphas 0,2 --modes off,always,adaptive --max-tokens 128 \
+	    $(ENGINE) --max-num-seqs 256 --out $(ORG)/test-modes.json
+
 NEURONS ?= 10,25,50,100,200
 ALPHAS ?= -4,-1,-0.5,0,0.1,0.2,0.3,0.5,1,2,4,8
 

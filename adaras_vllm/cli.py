@@ -233,7 +233,7 @@ def _inspect(args: argparse.Namespace) -> int:
               f"layers ({_ranges(gate_layers)}), hidden {gate.hidden}, "
               f"threshold {gate.threshold:.6g} (steer iff p_good < threshold)")
         for key, value in sorted(gate.provenance.items()):
-            print(f"  {key:<18} {value or '-'}")
+            print(f"  {key:<20} {value or '-'}")
     else:
         print("\n  gate               none (steer_mode 'adaptive' needs one: adaras gate train)")
     print(f"\n{_summary(neuron_map)}")

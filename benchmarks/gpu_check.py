@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ORACLE_TESTS = ["tests/test_engine_qwen3.py", "tests/test_engine_archs.py",
                 "tests/test_engine_async.py", "tests/test_engine_preemption.py",
-                "tests/test_engine_pp.py"]  # PP=2 runs where two GPUs are visible
+                "tests/test_engine_pp.py",  # PP=2 runs where two GPUs are visible
+                "tests/test_gate_engine.py"]  # the adaptive gate: HF-equal scores, decisions
 
 ENV_PROBE = """
 import json, platform, torch

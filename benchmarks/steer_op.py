@@ -14,8 +14,9 @@ core vLLM's CPU worker binds). Reported per token count: median time per forward
 each, the median of the per-pair ratios (with its quartiles), the op alone on a
 ``[T, 6144]`` tensor, the per-step fill (``SteeringState.fill_requests``, all 50 neurons
 of every mapped layer, for a decode batch of T one-token requests and for one T-token
-prefill), and from ``torch.profiler`` the share of ``aten::index_add_`` in the steered
-layer's CPU time (inclusive: on the CPU a reduced-precision ``index_add_`` runs through
+prefill), and from ``torch.profiler`` the share of the op's aten calls (``index_select``,
+``index_copy_``, ``index_add_``) in the steered layer's CPU time (inclusive: on the CPU a
+reduced-precision ``index_add_`` runs through
 ``scatter_add_`` and copies). A second table times the op alone, eager and through
 ``torch.compile`` (vLLM's default mode), next to formulations that give bit-identical
 results (the indices are unique), e.g. ``index_select`` + add + ``index_copy_``.
@@ -80,6 +81,7 @@ class Layer:
         self.steer = False
         self.delta = None
         self.indices = None
+        self.scratch = None  # the engine's CPU form of the op (see steer_)
         mlp = self.layer.mlp
         outer = self
 
@@ -88,7 +90,7 @@ class Layer:
             if outer.steer:
                 from adaras_vllm.engine.steer import steer_
 
-                steer_(h.view(-1, outer.inter), outer.delta, outer.indices)
+                steer_(h.view(-1, outer.inter), outer.delta, outer.indices, outer.scratch)
             return mlp.down_proj(h)
 
         mlp.forward = mlp_forward
@@ -187,7 +189,8 @@ def profile_share(layer: Layer, inputs, iters: int) -> dict:  # noqa: ANN001
     # Self CPU times add up to the profiled time without double counting; index_add_ is
     # counted inclusively (on CPU it calls scatter_add_/copy_ for reduced-precision dtypes).
     total = sum(e.self_cpu_time_total for e in events)
-    index_add = sum(e.cpu_time_total for e in events if e.key == "aten::index_add_")
+    index_add = sum(e.cpu_time_total for e in events
+                    if e.key in ("aten::index_add_", "aten::index_copy_", "aten::index_select"))
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:6]
     return {
         "index_add_share": index_add / total if total else float("nan"),
@@ -213,7 +216,7 @@ def _compiled_variants() -> dict:
         def index_copy(h, d, idx):  # noqa: ANN001, ANN202
             return h.index_copy_(1, idx, h.index_select(1, idx) + d)
 
-        for name, fn in (("steer_ (index_add_)", index_add),
+        for name, fn in (("index_add_ (GPU form)", index_add),
                          ("index_copy_(index_select+d)", index_copy)):
             _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=True)
     return _COMPILED
@@ -228,8 +231,10 @@ def op_variants(tokens: int, inter: int, dtype, delta, indices, reps: int,  # no
     from adaras_vllm.engine.steer import steer_
 
     d = delta[:tokens]
+    scratch = torch.zeros(delta.shape[0], delta.shape[1], dtype=dtype)
     variants = {
-        "steer_ (index_add_)": lambda h: steer_(h, delta, indices),
+        "steer_ (CPU form: gather-add-scatter)": lambda h: steer_(h, delta, indices, scratch),
+        "index_add_ (GPU form)": lambda h: steer_(h, delta, indices),
         "index_copy_(index_select+d)": lambda h: h.index_copy_(
             1, indices, h.index_select(1, indices).add_(d)),
         "h[:, idx] += d": lambda h: h.__setitem__((slice(None), indices), h[:, indices] + d),
@@ -288,6 +293,7 @@ def main() -> None:
     model = Layer(dtype, max_tokens)
     model.delta = state.delta[:, start:stop]
     model.indices = tables.indices[layer_id]
+    model.scratch = torch.zeros(max_tokens, stop - start, dtype=dtype)
 
     rows, results = [], []
     with benchlib.pinned(core, args.threads) as pin, torch.inference_mode():
@@ -314,7 +320,7 @@ def main() -> None:
             op_reps = max(5, min(2000, 100_000 // tokens))
             variants = op_variants(tokens, model.inter, dtype, model.delta, model.indices,
                                    op_reps, compiled=args.compiled_op)
-            op_s = variants["steer_ (index_add_)"]["median_s"]
+            op_s = variants["steer_ (CPU form: gather-add-scatter)"]["median_s"]
 
             fills = {}
             for layout in ("decode", "prefill"):
@@ -358,10 +364,10 @@ def main() -> None:
           f"{pin['torch_threads']}, pinned to core(s) {pin['affinity']}")
     print(benchlib.table(
         ["tokens", "pairs", "plain ms", "steered ms", "ratio", "ratio IQR", "op us",
-         "fill(dec) us", "fill(pre) us", "index_add %", "est step %"], rows))
+         "fill(dec) us", "fill(pre) us", "op %", "est step %"], rows))
     print("ratio = median over alternated pairs of steered/plain; op = steer_ alone on "
           "[T, 6144]; fill = SteeringState.fill_requests (decode: T one-token requests, "
-          "pre: one T-token request); index_add % = profiler CPU share (inclusive) in the steered "
+          "pre: one T-token request); op % = profiler CPU share (inclusive) in the steered "
           "layer; est step % = (mapped layers x op + fill) / (28 x plain layer).")
     names = list(results[0]["op_variants"]) if results else []
     print(f"\nThe op alone on [T, {model.inter}] {args.dtype} ({per_layer[layer_id]} columns), "

@@ -98,3 +98,31 @@ def test_v2_steered_positions_come_from_the_device_not_the_host_mirror():
     # although the host mirror claims 5 tokens were already computed.
     runner.prepare_inputs(["r1"], [3], [3], host_mirror=[5])
     assert getattr(runner, _ATTR).state.delta[:4, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_v2_files_gate_results_under_the_front_ends_tag_though_it_keeps_no_params():
+    """V2 passes no SamplingParams at fill time: the tag is remembered at admission."""
+    from adaras_vllm.engine.gate import GATE_KEY, GateState
+    from adaras_vllm.maps.gate import random_gate
+
+    gate = random_gate(2, 3, num_hidden_layers=1, intermediate_size=4, layers=[0], threshold=1.0)
+    m = NeuronMap.from_layers("g", {0: ([1], [1.0])}, num_hidden_layers=1, intermediate_size=4,
+                              hidden_size=4).with_gate(gate)
+    registry = MapRegistry([m])
+    local = [(0, j, int(n)) for j, n in enumerate(gate.neurons.tolist())]
+    state = GateState([m], {0: (0, 2)}, local, max_tokens=16, max_slots=4,
+                      device=torch.device("cpu"))
+    steering = RunnerSteering(registry, SteeringState(16, "cpu", torch.tensor([[1.0]])), state)
+    params = SimpleNamespace(extra_args={"steer_alpha": 1.0, "steer_mode": "adaptive",
+                                         "steer_map": "g", GATE_KEY: "tag-1"})
+    steering.remember("internal-id-abc", params)  # admission (add_requests)
+    for computed, scheduled in ((0, 3), (3, 1)):  # prompt of 4: pool 0..2, decide, steer 3
+        qsl = torch.tensor([0, scheduled])
+        pos = torch.arange(computed, computed + scheduled)
+        steering.fill(["internal-id-abc"], lambda r: None, np.array([computed]),
+                      np.array([4]), qsl, pos)
+        state.features[:scheduled] = 1.0  # the forward: copy features, pool
+        state.pool_(scheduled)
+    results = state.fetch()
+    assert list(results) == ["tag-1"] and results["tag-1"]["fired"] is True
+    assert float(steering.state.alpha[0]) == 1.0  # position 3 steered once fired

@@ -120,3 +120,28 @@ def test_a_client_cannot_choose_another_requests_gate_key(server, setup):
                  vllm_xargs={"adaras_gate_key": "fixed"})
     assert abs(a["steering"]["gate_score"] - scores[2]) < 1e-4
     assert abs(b["steering"]["gate_score"] - scores[-1]) < 1e-4
+
+
+def test_eval_against_the_server_reports_what_the_gate_decided(server, setup, tmp_path):
+    import subprocess
+
+    model_dir, _, _, prompts, _, gate = setup
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    problems = tmp_path / "p.jsonl"
+    questions = [tok.decode(ids) for ids in prompts[2:6]]
+    problems.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "answer": "1"}) + "\n"
+                                for i, q in enumerate(questions)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "adaras_vllm", "eval", "--server", server, "--problems",
+         str(problems), "--alphas", f"0,{ALPHA}", "--modes", "off,always,adaptive",
+         "--max-tokens", "4", "--out", str(tmp_path / "e.json")],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = json.loads((tmp_path / "e.json").read_text())["answers"]
+    adaptive = [a for a in answers if a["mode"] == "adaptive"]
+    assert len(adaptive) == 4
+    for a in adaptive:
+        assert 0.0 <= a["gate_score"] <= 1.0
+        assert a["steered"] is (a["gate_score"] < gate.threshold)

@@ -284,3 +284,16 @@ def test_an_adaptive_chunk_never_holds_the_last_prompt_token_with_earlier_ones()
     assert trimmed_chunk(10, 0, 9) == 9  # a chunk ending right at P-2
     assert trimmed_chunk(1, 0, 1) == 1  # a one-token prompt has nothing to pool
     assert trimmed_chunk(10, 12, 1) == 1  # decoding
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_gather_add_scatter_form_is_bit_identical_to_index_add(dtype):
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(37, 64, generator=gen) * 3).to(dtype)
+    idx = torch.tensor([0, 3, 9, 31, 63])
+    delta = (torch.randn(40, 5, generator=gen) * 0.3).to(dtype)
+    scratch = torch.zeros(40, 5, dtype=dtype)
+    want = steer_(x.clone(), delta, idx)
+    got = steer_(x.clone(), delta, idx, scratch)
+    assert torch.equal(got.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                       want.view(torch.int16 if dtype != torch.float32 else torch.int32))

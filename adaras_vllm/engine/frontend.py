@@ -78,24 +78,25 @@ def decide(
         raise InvalidSteeringRequest(e) from None
 
 
-def _with_resolved(params: Any, decision: SteeringParams, *, fresh_key: bool = False
+def _with_resolved(params: Any, decision: SteeringParams, *, key: str | None = None
                    ) -> dict[str, Any]:
     """The request's ``extra_args`` with the decision written in. A gated request also
-    gets a tag its gate result is filed under (kept if the front end already gave one,
-    unless ``fresh_key``: a client must not choose another request's tag)."""
+    gets a tag its gate result is filed under: ``key`` if given (the HTTP path gives a
+    fresh one: a client must not choose another request's tag), else the one already
+    there (offline callers may choose), else a new one."""
     given = params.extra_args or {}
     extra = {k: v for k, v in given.items() if not is_steering_key(k) and k != GATE_KEY}
     resolved = {**extra, **decision.as_extra_args()}
     if decision.gated:
-        key = given.get(GATE_KEY)
-        resolved[GATE_KEY] = key if isinstance(key, str) and not fresh_key else uuid.uuid4().hex
+        kept = given.get(GATE_KEY)
+        resolved[GATE_KEY] = key or (kept if isinstance(kept, str) else uuid.uuid4().hex)
     return resolved
 
 
-def _resolve_into(params: Any, decision: SteeringParams, *, fresh_key: bool = False) -> None:
+def _resolve_into(params: Any, decision: SteeringParams, *, key: str | None = None) -> None:
     """Write the decision into ``params`` (the request's own copy). An adaptive request
     never reads the prefix cache: its gate must see every prompt position run."""
-    params.extra_args = _with_resolved(params, decision, fresh_key=fresh_key)
+    params.extra_args = _with_resolved(params, decision, key=key)
     if decision.gated:
         params.skip_reading_prefix_cache = True
 
@@ -156,10 +157,11 @@ def patch_input_validation() -> None:
                 if http is not None:
                     http.rejected = e.field
                 raise
+            key = uuid.uuid4().hex  # one tag for both copies
             if core_request and prompt.sampling_params is not None:
-                _resolve_into(prompt.sampling_params, decision, fresh_key=True)
+                _resolve_into(prompt.sampling_params, decision, key=key)
             params = copy.copy(params)  # the caller's params may be shared: never mutate
-            _resolve_into(params, decision, fresh_key=True)
+            _resolve_into(params, decision, key=key)
             if http is not None:
                 http.decisions.append(decision)
                 http.gate_keys.append((params.extra_args or {}).get(GATE_KEY))

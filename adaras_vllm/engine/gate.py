@@ -106,7 +106,9 @@ class GateState:
         i64 = dict(dtype=torch.int64, device=device)
         # Scorer weights per column, one column of V per gated map (0 for other maps').
         v = torch.zeros(width, num_gated)
+        # Per gated map, on the device once: W1 over this rank's columns, and the rest.
         self.w1: list[torch.Tensor] = []
+        self.mlp: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for c, m_id in enumerate(self.gated):
             g = maps[m_id].gate
             w1 = torch.zeros(width, g.hidden)
@@ -115,6 +117,10 @@ class GateState:
                     v[col, c] = g.scorer_weight[0, j]
                     w1[col] = g.mlp0_weight[:, j]
             self.w1.append(w1.to(device))
+            self.mlp.append((g.mlp0_bias.to(device), g.mlp2_weight[0].to(device),
+                             g.mlp2_bias.to(device)))
+        self.thresholds = torch.tensor([float(maps[m].gate.threshold) for m in self.gated]
+                                       or [0.0], dtype=torch.float32, device=device)
         self.v = v.to(device)
         self.scorer_bias = torch.tensor(
             [float(maps[m].gate.scorer_bias[0]) for m in self.gated], **f32)
@@ -145,17 +151,28 @@ class GateState:
         self.req_gated = torch.zeros(rows, dtype=torch.bool, device=device)
         self.factor = torch.ones(rows, **f32)
         self._rows = TokenRequestIndex(max_tokens, rows - 1, device)
-        self._host = {name: torch.zeros_like(getattr(self, name), device="cpu")
-                      for name in ("req_slot", "req_any_slot", "req_gate_end", "req_col",
-                                   "req_gated")}
+        self._on_host = device.type == "cpu"
+        pin = device.type == "cuda" and torch.cuda.is_available()
+        names = ("req_slot", "req_any_slot", "req_gate_end", "req_col", "req_gated")
+        self._host = ({n: getattr(self, n) for n in names} if self._on_host else
+                      {n: torch.zeros_like(getattr(self, n), device="cpu", pin_memory=pin)
+                       for n in names})
         self._np = {k: t.numpy() for k, t in self._host.items()}
+        # Slots being reset or decided this step, and their maps' gate columns.
+        self._fresh_host = torch.zeros(max_slots, dtype=torch.int64, pin_memory=pin)
+        self._fresh = torch.zeros(max_slots, dtype=torch.int64, device=device)
+        self._decide_host = torch.zeros(2, max_slots, dtype=torch.int64, pin_memory=pin)
+        self._decide_dev = torch.zeros(2, max_slots, dtype=torch.int64, device=device)
+        # The host rows are rewritten next step: wait for the last copy (not the forward).
+        self._copied = torch.cuda.Event() if device.type == "cuda" else None
         # Host bookkeeping.
         self._free = list(range(max_slots - 1, -1, -1))
         self._slot: dict[str, int] = {}
         self._decided: set[str] = set()
         self._key: dict[str, tuple[str, int]] = {}  # req_id -> (gate key, map id)
-        self._pending: list[tuple[list[str], torch.Tensor]] = []
+        self._pending: list[tuple[list[str], torch.Tensor, Any]] = []
         self.results: dict[str, GateResult] = {}
+        self._no_slot_logged: set[str] = set()
         self._dirty = 0
 
     # ------------------------------------------------------------------ inside forward
@@ -182,7 +199,7 @@ class GateState:
     def on_step(
         self,
         req_ids: Sequence[str],
-        sampling_params_of,  # noqa: ANN001
+        key_of,  # noqa: ANN001 - req id -> the tag its result is filed under
         gated: np.ndarray,
         map_id: np.ndarray,
         num_computed: np.ndarray,
@@ -193,6 +210,8 @@ class GateState:
         """Route this step's tokens, decide requests whose gate input is complete, and
         return the per-row alpha factor (``[num_reqs]`` on the device)."""
         self._harvest(block=False)
+        if self._copied is not None:
+            self._copied.synchronize()
         num_reqs = len(req_ids)
         total = int(positions.shape[0])
         np_ = self._np
@@ -208,16 +227,16 @@ class GateState:
             slot = self._slot.get(req_id)
             if slot is None:
                 if not self._free:
-                    raise RuntimeError(
-                        f"adaras gate: more adaptive requests in flight than gate slots "
-                        f"({self.max_slots}); lower max_num_seqs"
-                    )
+                    if req_id not in self._no_slot_logged:
+                        self._no_slot_logged.add(req_id)
+                        logger.warning(
+                            "adaras gate: no free gate slot (%d in use) for request %s; it "
+                            "runs unsteered and reports no gate score", self.max_slots, req_id)
+                    continue  # factor 0: never steered, never wrong-steered
                 slot = self._free.pop()
                 self._slot[req_id] = slot
                 fresh.append(slot)
-                params = sampling_params_of(req_id)
-                key = (getattr(params, "extra_args", None) or {}).get(GATE_KEY, req_id)
-                self._key[req_id] = (str(key), int(map_id[row]))
+                self._key[req_id] = (str(key_of(req_id)), int(map_id[row]))
             np_["req_any_slot"][row] = slot
             np_["req_gated"][row] = True
             np_["req_col"][row] = self.col_of_map.get(int(map_id[row]), 0)
@@ -231,15 +250,22 @@ class GateState:
                 np_["req_slot"][row] = slot
                 np_["req_gate_end"][row] = int(prompt_len[row]) - 1
         if fresh:
-            idx = torch.tensor(fresh, dtype=torch.int64, device=self.device)
+            self._fresh_host[: len(fresh)] = torch.as_tensor(fresh)
+            idx = self._fresh[: len(fresh)]
+            idx.copy_(self._fresh_host[: len(fresh)], non_blocking=True)
             self.z_sum.index_fill_(0, idx, 0.0)
             self.w_sum.index_fill_(0, idx, 0.0)
+            self.fired.index_fill_(0, idx, 0.0)  # undecided: not steered
         if deciding_rows:
             self._decide([req_ids[r] for r in deciding_rows],
                          [self._slot[req_ids[r]] for r in deciding_rows],
                          [int(map_id[r]) for r in deciding_rows])
-        for name, host in self._host.items():
-            getattr(self, name)[: num_reqs + 1].copy_(host[: num_reqs + 1])
+        if not self._on_host:
+            for name, host in self._host.items():
+                getattr(self, name)[: num_reqs + 1].copy_(host[: num_reqs + 1],
+                                                          non_blocking=True)
+            if self._copied is not None:
+                self._copied.record()
         # Per token on the device, from the batch's own layout.
         req = self._rows.build(query_start_loc, num_reqs, total)
         torch.index_select(self.req_gate_end, 0, req, out=self._tok_end[:total])
@@ -267,46 +293,56 @@ class GateState:
             self._dirty = 0
 
     def _decide(self, req_ids: list[str], slots: list[int], map_ids: list[int]) -> None:
-        idx = torch.tensor(slots, dtype=torch.int64, device=self.device)
+        """On the device, queued on the stream after the forwards that pooled these slots
+        (outside any forward). Small allocations, once per deciding step."""
+        n = len(slots)
+        self._decide_host[0, :n] = torch.as_tensor(slots)
+        self._decide_host[1, :n] = torch.as_tensor([self.col_of_map[m] for m in map_ids])
+        both = self._decide_dev[:, :n]
+        both.copy_(self._decide_host[:, :n], non_blocking=True)
+        idx, cols = both[0], both[1]
         z = self.z_sum.index_select(0, idx) / self.w_sum.index_select(0, idx).clamp_min(
             torch.finfo(torch.float32).tiny)[:, None]
-        p = torch.zeros(len(slots), dtype=torch.float32, device=self.device)
-        thr = torch.zeros_like(p)
-        which = torch.tensor(map_ids, device=self.device)
+        p = torch.zeros(n, dtype=torch.float32, device=self.device)
         for c, m_id in enumerate(self.gated):
             if m_id not in map_ids:
                 continue
-            g = self.maps[m_id].gate
+            b1, w2, b2 = self.mlp[c]
             h = z @ self.w1[c]
             if self.tp_size > 1:
                 from vllm.distributed import tensor_model_parallel_all_reduce
 
                 h = tensor_model_parallel_all_reduce(h)
-            h = torch.relu(h + g.mlp0_bias.to(self.device))
-            logit = h @ g.mlp2_weight[0].to(self.device) + g.mlp2_bias.to(self.device)[0]
-            mine = which == m_id
-            p = torch.where(mine, torch.sigmoid(logit), p)
-            thr = torch.where(mine, torch.full_like(p, g.threshold), thr)
+            logit = torch.relu(h + b1) @ w2 + b2[0]
+            p = torch.where(cols == c, torch.sigmoid(logit), p)
         self.p_good.index_copy_(0, idx, p)
-        self.fired.index_copy_(0, idx, (p < thr).float())
+        self.fired.index_copy_(0, idx, (p < self.thresholds.index_select(0, cols)).float())
         self._decided.update(req_ids)
-        self._pending.append((req_ids, p.to("cpu", non_blocking=True)))
+        copied = None
+        if self.device.type == "cuda":
+            host = p.to("cpu", non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+        else:
+            host = p
+        self._pending.append((req_ids, host, copied))
 
     def _harvest(self, block: bool) -> None:
         """Move decided scores to ``results`` once their copies have landed."""
-        if not self._pending:
-            return
-        if block and self.device.type == "cuda":
-            torch.cuda.current_stream().synchronize()
-        elif self.device.type == "cuda" and not torch.cuda.current_stream().query():
-            return
-        for req_ids, p_host in self._pending:
+        still: list[tuple[list[str], torch.Tensor, Any]] = []
+        for req_ids, p_host, copied in self._pending:
+            if copied is not None:
+                if block:
+                    copied.synchronize()  # waits for this copy only, not the forward
+                elif not copied.query():
+                    still.append((req_ids, p_host, copied))
+                    continue
             for req_id, p in zip(req_ids, p_host.tolist()):
                 key, m_id = self._key.get(req_id, (req_id, 0))
                 g = self.maps[m_id].gate
                 self.results[key] = GateResult(float(p), bool(p < g.threshold), g.threshold,
                                                self.maps[m_id].name)
-        self._pending.clear()
+        self._pending = still
         while len(self.results) > MAX_KEPT_RESULTS:
             self.results.pop(next(iter(self.results)))
 
@@ -318,6 +354,7 @@ class GateState:
             self._free.append(slot)
         self._decided.discard(req_id)
         self._key.pop(req_id, None)
+        self._no_slot_logged.discard(req_id)
 
     def fetch(self, keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         """Pop finished results (all, or those of ``keys`` that exist), in wire form."""

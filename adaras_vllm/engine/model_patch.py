@@ -28,9 +28,10 @@ class SteeredDownProj:
 
     adaras_delta: torch.Tensor
     adaras_indices: torch.Tensor
+    adaras_scratch: torch.Tensor | None  # CPU: gather-add-scatter buffer (see steer_)
 
     def forward(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
-        steer_(x, self.adaras_delta, self.adaras_indices)
+        steer_(x, self.adaras_delta, self.adaras_indices, self.adaras_scratch)
         return super().forward(x, *args, **kwargs)  # type: ignore[misc]
 
 
@@ -124,6 +125,10 @@ def install_steering(
         start, stop = tables.columns[layer]
         down.adaras_delta = state.delta[:, start:stop]
         down.adaras_indices = tables.indices[layer].to(device)
+        # On the CPU, index_add_ in bf16/fp16 takes a slow path: gather-add-scatter
+        # through a static buffer instead (bit-identical). One kernel on a GPU.
+        down.adaras_scratch = (torch.zeros(max_tokens, stop - start, dtype=dtype, device=device)
+                               if device.type == "cpu" else None)
         down.__class__ = with_mixin(SteeredDownProj, type(down))
     state.steered_layers = sorted(layer_tables)
     return state

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .capture import CaptureState, capture_enabled, install_capture
-from .gate import RESULTS_METHOD, GateState, install_gate
+from .gate import GATE_KEY, RESULTS_METHOD, GateState, install_gate
 from .model_patch import install_steering
 from .params import SteeringParamError
 from .registry import MapRegistry, active_registry
@@ -42,6 +42,7 @@ class RunnerSteering:
         self.state = state
         self.gate = gate
         self._params: dict[str, tuple[float, int, bool]] = {}
+        self._gate_keys: dict[str, str] = {}  # adaptive requests: the front end's tag
         self._missing_logged: set[str] = set()
 
     def remember(self, req_id: str, sampling_params: Any) -> tuple[float, int, bool]:
@@ -56,6 +57,8 @@ class RunnerSteering:
         try:
             p = self.registry.parse(extra)
             value = (p.alpha, self.registry.map_id(p.map_name), p.gated and self.gate is not None)
+            if value[2]:
+                self._gate_keys[req_id] = str((extra or {}).get(GATE_KEY, req_id))
         except SteeringParamError as e:  # only reachable if the front end was bypassed
             logger.warning("adaras: request %s not steered: %s", req_id, e)
             value = (0.0, 0, False)
@@ -64,6 +67,7 @@ class RunnerSteering:
 
     def forget(self, req_id: str) -> None:
         self._params.pop(req_id, None)
+        self._gate_keys.pop(req_id, None)
         self._missing_logged.discard(req_id)
         if self.gate is not None:
             self.gate.forget(req_id)
@@ -92,7 +96,8 @@ class RunnerSteering:
         factor = None
         if self.gate is not None:
             if gated.any() or self.gate.num_tracked:
-                factor = self.gate.on_step(req_ids, sampling_params_of, gated, map_id,
+                factor = self.gate.on_step(req_ids, lambda r: self._gate_keys.get(r, r),
+                                           gated, map_id,
                                            num_computed, prompt_len, query_start_loc,
                                            positions)
             else:

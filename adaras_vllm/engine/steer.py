@@ -77,11 +77,25 @@ class SteeringTables:
         return int(self.table.shape[1])
 
 
-def steer_(x: torch.Tensor, delta: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+def steer_(
+    x: torch.Tensor, delta: torch.Tensor, indices: torch.Tensor,
+    scratch: torch.Tensor | None = None,
+) -> torch.Tensor:
     """In place: ``x[t, indices] += delta[t]`` for every token ``t`` of ``x``.
 
     ``delta`` is a view of the static per-token delta buffer (longer than ``x``; rows past
-    the current tokens are zero). One indexed add; no allocation, no host sync, no
-    data-dependent shape: safe to trace with torch.compile and capture in a CUDA graph.
+    the current tokens are zero). No allocation, no host sync, no data-dependent shape:
+    safe to trace with torch.compile and capture in a CUDA graph.
+
+    One ``index_add_`` by default (a single kernel on a GPU). With ``scratch`` (a static
+    ``[max_tokens, k]`` buffer in ``x``'s dtype) it gathers, adds and scatters back
+    instead: bit-identical (indices are unique, each sum rounded once), and on the CPU in
+    bf16 about 100x faster at 2048 tokens than ``index_add_``, which takes a slow path
+    for reduced-precision dtypes there.
     """
-    return x.index_add_(1, indices, delta[: x.shape[0]])
+    if scratch is None:
+        return x.index_add_(1, indices, delta[: x.shape[0]])
+    n = x.shape[0]
+    torch.index_select(x, 1, indices, out=scratch[:n])
+    scratch[:n].add_(delta[:n])
+    return x.index_copy_(1, indices, scratch[:n])

@@ -39,11 +39,16 @@ def unsupported_reasons(vllm_config: Any) -> list[str]:
 def gate_unsupported_reasons(vllm_config: Any) -> list[str]:
     """What a map with a correctness gate cannot be served with, beyond the above."""
     parallel = getattr(vllm_config, "parallel_config", None)
+    reasons = []
     if parallel is not None and int(getattr(parallel, "pipeline_parallel_size", 1)) > 1:
-        return ["a map with a correctness gate needs --pipeline-parallel-size 1: the gate "
-                "reads features of layers that other stages own; serve the map without its "
-                "gate or without pipeline parallelism"]
-    return []
+        reasons.append("a map with a correctness gate needs --pipeline-parallel-size 1: the "
+                       "gate reads features of layers that other stages own; serve the map "
+                       "without its gate or without pipeline parallelism")
+    if parallel is not None and int(getattr(parallel, "data_parallel_size", 1)) > 1:
+        reasons.append("a map with a correctness gate needs --data-parallel-size 1: gate "
+                       "results are read back from the first engine only; run one adaras "
+                       "serve per engine behind a proxy")
+    return reasons
 
 
 def check_supported(vllm_config: Any, *, gated: bool = False) -> None:

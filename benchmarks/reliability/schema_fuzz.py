@@ -78,7 +78,7 @@ FIXED_BODY = {"model": "adaras-organism",
               "messages": [{"role": "user", "content": "47+18-23+35"}],
               "max_tokens": 32, "temperature": 0, "steer_alpha": 2}
 KNOWN = ("steer_alpha", "steer_map", "steer_mode")
-MODES = ("always", "off")
+MODES = ("always", "off", "adaptive")  # adaptive: only on a map with a gate
 ABSENT = object()
 STREAM_ERROR = 299  # recorded status of a 200 stream that carried an error event
 
@@ -322,7 +322,7 @@ def _strategies(map_names: list[str], bound: float):  # noqa: ANN202
                   junk))
     mode = st.one_of(
         st.sampled_from(MODES),
-        st.one_of(st.sampled_from(["adaptive", "Always", "OFF", "", "on", "always "]),
+        st.one_of(st.sampled_from(["Adaptive", "Always", "OFF", "", "on", "always "]),
                   st.text(max_size=10), junk))
     misspelt = st.one_of(
         st.sampled_from(["Steer_Alpha", "STEER_ALPHA", "steer_alpah", "steer_Alpha",
@@ -414,13 +414,17 @@ def build_request(draw: dict[str, Any], model: str, question: str,
 
 
 def expectation(body: dict[str, Any], map_names: list[str], bound: float,
-                default_alpha: dict[str, float]) -> dict[str, Any]:
+                default_alpha: dict[str, float],
+                gates: dict[str, float] | None = None) -> dict[str, Any]:
     """What the server must do with ``body`` (steering fields only; the rest is valid).
 
     ``must_refuse``: reasons the body may never be answered 200 (required properties).
     ``advisory``: reasons it should be refused, though current behaviour may differ.
-    ``steering``: the ``steering`` object a 200 must carry (None: refused or unknown).
+    ``steering``: the ``steering`` object a 200 must carry (None: refused or unknown);
+    for ``adaptive`` its ``applied``/``gate_score`` are checked against ``gate_threshold``.
+    ``gates``: map name -> gate threshold, for the maps that carry a gate.
     """
+    gates = gates or {}
     refuse: list[str] = []
     advisory: list[str] = []
     xargs = body.get("vllm_xargs")
@@ -458,15 +462,36 @@ def expectation(body: dict[str, Any], map_names: list[str], bound: float,
             refuse.append(f"unknown key {key!r}")
         elif key.lower().replace("-", "_").startswith("steer") and key not in KNOWN:
             advisory.append(f"misspelt key {key!r} accepted")
+    chosen_map = values.get("steer_map")
+    chosen_map = chosen_map if isinstance(chosen_map, str) and chosen_map in map_names \
+        else map_names[0]
+    if values.get("steer_mode") == "adaptive" and chosen_map not in gates:
+        refuse.append(f"steer_mode 'adaptive' on map {chosen_map!r}, which has no gate")
     steering = None
     if not refuse and not advisory:
-        map_name = values["steer_map"] if isinstance(values["steer_map"], str) else map_names[0]
+        map_name = chosen_map
         mode = values["steer_mode"] if isinstance(values["steer_mode"], str) else "always"
         a = values["steer_alpha"]
         alpha = default_alpha[map_name] if a is ABSENT else float(a)
         alpha = (0.0 if mode == "off" else alpha) + 0.0
         steering = {"map": map_name, "alpha": alpha, "applied": alpha != 0.0, "mode": mode}
+        if mode == "adaptive" and alpha != 0.0:
+            steering["gate_threshold"] = gates[map_name]  # applied / gate_score: the gate's
     return {"must_refuse": refuse, "advisory": advisory, "steering": steering}
+
+
+def steering_matches(got: Any, want: dict[str, Any]) -> bool:
+    """``got`` is the expected object; for a gated request ``applied`` must follow the
+    reported ``gate_score`` (a probability) and the map's threshold."""
+    if "gate_threshold" not in want:
+        return got == want
+    if not isinstance(got, dict) or set(got) != {*want, "gate_score"}:
+        return False
+    score = got.get("gate_score")
+    fixed = {k: v for k, v in want.items() if k != "applied"}
+    return (all(got.get(k) == v for k, v in fixed.items())
+            and isinstance(score, float) and 0.0 <= score <= 1.0
+            and got["applied"] is (score < want["gate_threshold"]))
 
 
 def send(client: httpx.Client, route: str, body: dict[str, Any]) -> tuple[int | None, str, Any]:
@@ -522,7 +547,7 @@ def check_response(status: int | None, text: str, steering: Any,
         # Valid steering is served, and the response says what was applied.
         if status != 200:
             fails.append(f"valid steering refused with {status}")
-        elif steering != exp["steering"]:
+        elif not steering_matches(steering, exp["steering"]):
             fails.append(f"steering object {steering!r} != expected {exp['steering']!r}")
     if status == 400:
         try:
@@ -581,7 +606,8 @@ EDGE_CASES: list[tuple[str, bytes]] = [
 
 
 def run_property_pass(cfg: argparse.Namespace, model: str, map_names: list[str],
-                      bound: float, default_alpha: dict[str, float]) -> dict[str, Any]:
+                      bound: float, default_alpha: dict[str, float],
+                      gates: dict[str, float] | None = None) -> dict[str, Any]:
     from hypothesis import HealthCheck, Phase, example, given, seed, settings
 
     routes_extra = EXTRA_ROUTES if cfg.routes == "all" else ()
@@ -634,7 +660,7 @@ def run_property_pass(cfg: argparse.Namespace, model: str, map_names: list[str],
             draw = dict(draw, route=(CHAT, COMPLETIONS)[n % 2], stream=(n // 2) % 2 == 1)
             for route in (None, *routes_extra):
                 r, body = build_request(draw, model, q, route)
-                exp = expectation(body, map_names, bound, default_alpha)
+                exp = expectation(body, map_names, bound, default_alpha, gates)
                 status, text, steering = send(client, r, body)
                 counts["requests"] += 1
                 fails, notes = check_response(status, text, steering, exp)
@@ -775,6 +801,7 @@ def main(argv: list[str] | None = None) -> int:
     maps = httpx.get(f"{cfg.url}{MAPS}", headers=headers, timeout=30).json()
     map_names = [m["name"] for m in maps["data"]]
     default_alpha = {m["name"]: float(m["default_alpha"]) for m in maps["data"]}
+    gates = {m["name"]: float(m["gate"]["threshold"]) for m in maps["data"] if m.get("gate")}
     bound = float(maps["max_steer_alpha"])
     schema = httpx.get(f"{cfg.url}/openapi.json", headers=headers, timeout=30).json()
     ops = steering_operations(schema)
@@ -790,7 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         st_report = ({"skipped": "--skip-schemathesis"} if cfg.skip_schemathesis
                      else run_schemathesis(cfg, model, ops, workdir))
     cfg.prop_seconds = max(20.0, cfg.seconds - (time.monotonic() - t0) - 20.0)
-    prop = run_property_pass(cfg, model, map_names, bound, default_alpha)
+    prop = run_property_pass(cfg, model, map_names, bound, default_alpha, gates)
     after_status, after_text = fixed_request_text(cfg, model)
     rejected_after, labels_after = rejected_metrics(cfg)
     try:
