@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install serve demo test test-fast bench experiment experiment-gate gpu-check reliability clean
+.PHONY: install serve demo test test-fast bench experiment experiment-gate paper-maps gpu-check reliability clean
 
 install: $(STAMP)
 
@@ -98,6 +98,24 @@ experiment-gate: install
 	$(ADARAS) eval --model models/organism-qwen3 --neuron-map $(ORG)/arith-gated.safetensors \
 	    --problems $(ORG)/test.jsonl --alphas 0,2 --modes off,always,adaptive --max-tokens 128 \
 	    $(ENGINE) --max-num-seqs 256 --out $(ORG)/test-modes.json
+
+# The paper's published RCN lists for Qwen3-1.7B as shipped maps (first 50 rows each, the
+# paper's steering setting). The CSVs are read from ../shared and never copied.
+PAPER_MAPS := ../shared/reference/adaras-paper/rcn_maps
+QWEN3_1_7B := --model Qwen/Qwen3-1.7B --model-type qwen3 --num-hidden-layers 28 \
+    --intermediate-size 6144 --hidden-size 2048 --top 50 --default-alpha 0.3 \
+    --meta "paper=AdaRAS: Adaptive Reasoning Activation Steering" --meta paper_arxiv=2601.19847 \
+    --meta rows_kept=50
+paper-maps: install
+	$(ADARAS) maps import-csv $(PAPER_MAPS)/AIME_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    --name aime --meta task=AIME --meta csv_file=AIME_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    $(QWEN3_1_7B) --out neuron_maps/aime.safetensors
+	$(ADARAS) maps import-csv $(PAPER_MAPS)/gsm8k_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    --name gsm8k --meta task=GSM8K --meta csv_file=gsm8k_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    $(QWEN3_1_7B) --out neuron_maps/gsm8k.safetensors
+	$(ADARAS) maps import-csv $(PAPER_MAPS)/Math_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    --name math --meta task=MATH --meta csv_file=Math_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    $(QWEN3_1_7B) --out neuron_maps/math.safetensors
 
 NEURONS ?= 10,25,50,100,200
 ALPHAS ?= -4,-1,-0.5,0,0.1,0.2,0.3,0.5,1,2,4,8

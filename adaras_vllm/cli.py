@@ -129,6 +129,10 @@ def add_maps_commands(subparsers: argparse._SubParsersAction) -> None:
         "--default-alpha", type=float, default=0.3, metavar="A",
         help="steering strength stored as the map's default (default: %(default)s)",
     )
+    import_csv.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE",
+        help="extra provenance metadata (repeatable), e.g. --meta paper_arxiv=2601.19847",
+    )
     import_csv.set_defaults(func=_import_csv)
 
     inspect = commands.add_parser("inspect", help="print a map's metadata and per-layer summary")
@@ -200,9 +204,15 @@ def _import_csv(args: argparse.Namespace) -> int:
             model_type=args.model_type or "",
         )
         model = args.model or ""
+    extra: dict[str, str] = {}
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--meta must be KEY=VALUE, got {item!r}")
+        extra[key.strip()] = value
     neuron_map = NeuronMap.from_paper_csv(
         args.csv, config, name=args.name, model=model,
-        default_alpha=args.default_alpha, top=args.top,
+        default_alpha=args.default_alpha, top=args.top, extra_metadata=extra,
     )
     neuron_map.save(args.out)
     print(f"wrote {args.out}: {_summary(neuron_map)}, fingerprint {neuron_map.fingerprint()}")

@@ -9,9 +9,11 @@ layer, pooling, the per-step decision) and the chunk trim (the last prompt token
 step after the rest).
 
 Figures per batch size (1 and 32 by default), medians over --repeats alternated rounds:
-time to first token (``generate`` with max_tokens=1: the whole prefill) and decode
-tokens/s (from the difference between max_tokens=N+1 and 1). Steps: the trim adds one
-step per adaptive prompt before its first token.
+time to first token (``generate`` with max_tokens=1 on --prompt-len prompts: the whole
+prefill, chunked at 2048 tokens per step) and decode tokens/s (from the difference between
+max_tokens=N+1 and 1, on --decode-prompt-len prompts, short enough that the batch's
+prefill is one step, so the difference is pure decode). Steps: the trim adds one step per
+adaptive prompt before its first token.
 
     python benchmarks/gate_cost.py [--batches 1,32] [--prompt-len 256] [--new-tokens 16]
                                    [--features 4096] [--repeats 3] [--out FILE.json]
@@ -39,6 +41,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", default="1,32")
     p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--decode-prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--features", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
@@ -69,6 +72,7 @@ def main() -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({
             "benchmark": "gate_cost", "features": args.features, "prompt_len": args.prompt_len,
+            "decode_prompt_len": args.decode_prompt_len,
             "new_tokens": args.new_tokens, "results": results,
             "environment": benchlib.environment()}, indent=1))
 
@@ -83,14 +87,15 @@ def run(model_dir: Path, batches: list[int], args: argparse.Namespace) -> list[d
     register()
     top = max(batches)
     llm = LLM(str(model_dir), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16",
-              max_model_len=args.prompt_len + args.new_tokens + 8, max_num_seqs=top, seed=0,
+              max_model_len=max(args.prompt_len, args.decode_prompt_len) + args.new_tokens + 8,
+              max_num_seqs=top, seed=0,
               max_num_batched_tokens=2048, enable_prefix_caching=False,
               kv_cache_memory_bytes=kv_cache_bytes(top, args.prompt_len, args.new_tokens + 1))
     affinity = benchlib.vllm_worker_affinity()
 
-    def timed(batch: int, mode: str, new_tokens: int) -> float:
+    def timed(batch: int, mode: str, new_tokens: int, prompt_len: int) -> float:
         prompts = [TokensPrompt(prompt_token_ids=[(i * 7919 + j * 31) % 150000 + 100
-                                                  for j in range(args.prompt_len)])
+                                                  for j in range(prompt_len)])
                    for i in range(batch)]
         params = [SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True,
                                  extra_args={"steer_alpha": 0.3, "steer_mode": mode})
@@ -103,15 +108,15 @@ def run(model_dir: Path, batches: list[int], args: argparse.Namespace) -> list[d
 
     results = []
     for batch in batches:
-        timed(batch, "always", 2)
-        timed(batch, "adaptive", 2)
+        timed(batch, "always", 2, args.decode_prompt_len)
+        timed(batch, "adaptive", 2, args.decode_prompt_len)
         ttft: dict[str, list[float]] = {"always": [], "adaptive": []}
         decode: dict[str, list[float]] = {"always": [], "adaptive": []}
         for _ in range(args.repeats):
             for mode in ("always", "adaptive"):
-                short = timed(batch, mode, 1)
-                long = timed(batch, mode, args.new_tokens + 1)
-                ttft[mode].append(short)
+                ttft[mode].append(timed(batch, mode, 1, args.prompt_len))
+                short = timed(batch, mode, 1, args.decode_prompt_len)
+                long = timed(batch, mode, args.new_tokens + 1, args.decode_prompt_len)
                 decode[mode].append(batch * args.new_tokens / max(long - short, 1e-9))
         row = {"batch": batch, "worker_affinity": affinity,
                "ttft_samples": ttft, "decode_samples": decode}

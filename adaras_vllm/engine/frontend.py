@@ -122,6 +122,9 @@ def patch_input_validation() -> None:
         registry = active_registry()
         for m in registry.maps:
             m.validate(vllm_config.model_config.hf_text_config)
+            warning = m.model_mismatch(vllm_config.model_config.model)
+            if warning:
+                logger.warning("adaras: %s", warning)
         if registry:
             check_supported(vllm_config, gated=bool(registry.gated_names))
         original_init(self, vllm_config, *args, **kwargs)

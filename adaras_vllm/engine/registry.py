@@ -104,7 +104,8 @@ class MapRegistry:
 
     @classmethod
     def from_spec(cls, spec: str) -> "MapRegistry":
-        """Parse ``name=path,path2`` and load each map (errors name the entry)."""
+        """Parse ``name=path,path2`` and load each map (errors name the entry). A bare
+        name that is not a file (``aime``) is a map shipped in ``neuron_maps/``."""
         maps: list[NeuronMap] = []
         for entry in (e.strip() for e in spec.split(",")):
             if not entry:
@@ -114,14 +115,34 @@ class MapRegistry:
                 name, path = "", entry
             p = Path(path).expanduser()
             if not os.path.lexists(p):
+                p = shipped_map(path) or p
+            if not os.path.lexists(p):
                 raise FileNotFoundError(
-                    f"neuron map file {str(p)!r} (entry {entry!r}) does not exist"
+                    f"neuron map file {str(p)!r} (entry {entry!r}) does not exist, and no "
+                    f"shipped map has that name (shipped: {', '.join(shipped_names())})"
                 )
             m = NeuronMap.load(p)
             if name:
                 m = m.renamed(name)
             maps.append(m)
         return cls(maps)
+
+
+def shipped_map(name: str) -> Path | None:
+    """``neuron_maps/NAME.safetensors`` of this checkout (or ``$ADARAS_HOME``), if any."""
+    from adaras_vllm.organism.assets import REPO_ROOT
+
+    if not name or "/" in name or name.endswith(".safetensors"):
+        return None
+    candidate = REPO_ROOT / "neuron_maps" / f"{name}.safetensors"
+    return candidate if candidate.is_file() else None
+
+
+def shipped_names() -> list[str]:
+    from adaras_vllm.organism.assets import REPO_ROOT
+
+    return sorted(p.name.removesuffix(".safetensors")
+                  for p in (REPO_ROOT / "neuron_maps").glob("*.safetensors"))
 
 
 @lru_cache(maxsize=None)

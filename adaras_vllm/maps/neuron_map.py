@@ -328,6 +328,7 @@ class NeuronMap:
         model: str = "",
         default_alpha: float = 0.3,
         top: int | None = None,
+        extra_metadata: Mapping[str, str] | None = None,
     ) -> NeuronMap:
         """Import the AdaRAS paper's `top_*_neurons_by_rel_abs_diff.csv` (row order = rank).
 
@@ -365,6 +366,7 @@ class NeuronMap:
             default_alpha=default_alpha,
             source=source_label(path),
             ranks=ranks,
+            extra_metadata=extra_metadata,
         )
         return neuron_map if top is None else neuron_map.top(top)
 
@@ -483,6 +485,19 @@ class NeuronMap:
             )
         if problems:
             raise MapMismatchError(f"{who}: " + "; ".join(problems))
+
+    def model_mismatch(self, served_model: str) -> str | None:
+        """A warning when the map names another model than the one served (the shape is
+        checked separately, as an error): compared by last path component, any case."""
+        if not self.model or not served_model:
+            return None
+        mine = self.model.rstrip("/").rsplit("/", 1)[-1].lower()
+        theirs = str(served_model).rstrip("/").rsplit("/", 1)[-1].lower()
+        if mine == theirs:
+            return None
+        return (f"neuron map {self.name!r} was made for model {self.model!r} but the served "
+                f"model is {served_model!r}; its shape fits, so it is served, but its neurons "
+                "may mean nothing for this model")
 
     def renamed(self, name: str) -> NeuronMap:
         """The same neurons under another name (how a server operator names a map)."""
