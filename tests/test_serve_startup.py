@@ -133,7 +133,15 @@ def test_serving_is_refused_when_a_worker_reports_no_steering():
 
 
 def test_a_default_adaptive_mode_without_a_gate_on_the_default_map_refuses_to_start(
-        monkeypatch):
+        monkeypatch, tmp_path):
+    plain = tmp_path / "plain.safetensors"
+    NeuronMap.from_layers("plain", {0: ([1], [1.0])}, num_hidden_layers=4,
+                          intermediate_size=512, hidden_size=128).save(plain)
     with pytest.raises(SystemExit, match="no correctness gate"):
-        _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
+        _prepare(monkeypatch, "--model", "m", "--neuron-map", f"plain={plain}",
                  "--default-steer-mode", "adaptive")
+
+
+def test_a_default_adaptive_mode_starts_when_the_default_map_has_a_gate(monkeypatch):
+    _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
+             "--default-steer-mode", "adaptive")
