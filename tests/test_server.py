@@ -298,7 +298,8 @@ def test_openapi_documents_the_steering_fields(server):
         assert alpha["maximum"] == 8.0 and null == {"type": "null"}
         assert props["steer_map"]["anyOf"][0]["enum"] == ["alpha_map", "beta_map"]
         assert "always" in props["steer_mode"]["anyOf"][0]["enum"]
-    assert set(schema["SteeringApplied"]["properties"]) == {"map", "alpha", "applied", "mode"}
+    assert set(schema["SteeringApplied"]["properties"]) == {
+        "map", "alpha", "applied", "mode", "gate_score", "gate_threshold"}
 
 
 # ---- every route, one decision -------------------------------------------------------
