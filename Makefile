@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install serve demo test test-fast bench experiment experiment-gate paper-maps gpu-check reliability clean
+.PHONY: install serve demo test test-fast bench docker-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check reliability clean
 
 install: $(STAMP)
 
@@ -66,6 +66,11 @@ gpu-check: install
 reliability: install
 	$(PY) benchmarks/reliability/run.py --out out/reliability
 
+# The CPU image built from a locally built Debian base and run with podman, then the
+# compose file's cpu profile (README "Deploy"); about 15 minutes the first time.
+docker-check: install
+	PY=$(PY) bash docker/check.sh
+
 # The organism experiment (README "Does steering help?"): problems, map, validation grid.
 # The test-split command with the alpha and neuron count chosen here is in the README.
 ORG := out/organism
@@ -116,6 +121,63 @@ paper-maps: install
 	$(ADARAS) maps import-csv $(PAPER_MAPS)/Math_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
 	    --name math --meta task=MATH --meta csv_file=Math_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
 	    $(QWEN3_1_7B) --out neuron_maps/math.safetensors
+
+# The positive control (README "A positive control: the modes organism"): the modes
+# organism's map built by the pipeline from sampled, graded train traces, the mode report,
+# the validation grid and two pre-written rules' choices (the paper's sign, alpha > 0; and
+# either sign), then the maps with their gate (trained on train + validation): the
+# shipped `modes` map (either sign) and the paper-sign map kept in out/. The test split is
+# experiment-test.
+MODES := out/organism-modes
+MODES_MODEL := models/organism-modes
+CHOSEN = $(shell $(PY) -c "import json;c=json.load(open('$(MODES)/$(1).json'));print(c['$(2)'])")
+experiment-modes: install $(ORG)/test.jsonl
+	$(ADARAS) maps build --model $(MODES_MODEL) --problems $(ORG)/train.jsonl \
+	    --samples 4 --temperature 1.0 --max-tokens 128 --top-k 200 $(ENGINE) \
+	    --max-model-len 256 --max-num-seqs 128 --traces-out $(MODES)/train-traces.jsonl \
+	    --out $(MODES)/top200.safetensors
+	$(ADARAS) organism mode-report --model $(MODES_MODEL) --neuron-map $(MODES)/top200.safetensors \
+	    --traces $(MODES)/train-traces.jsonl $(ENGINE) --max-model-len 256 --max-num-seqs 128 \
+	    --out $(MODES)/mode-report.json
+	$(ADARAS) eval --model $(MODES_MODEL) --neuron-map $(MODES)/top200.safetensors \
+	    --neurons $(NEURONS) --alphas=$(ALPHAS) --max-tokens 128 --problems $(ORG)/validation.jsonl \
+	    $(ENGINE) --max-num-seqs 256 --out $(MODES)/validation-grid.json
+	$(PY) benchmarks/organism_experiment.py choose --grid $(MODES)/validation-grid.json \
+	    --out $(MODES)/chosen.json
+	$(PY) benchmarks/organism_experiment.py choose --grid $(MODES)/validation-grid.json \
+	    --any-sign --out $(MODES)/chosen-any-sign.json
+	$(MAKE) modes-map
+
+modes-map: install
+	$(ADARAS) maps build --model $(MODES_MODEL) --traces $(MODES)/train-traces.jsonl \
+	    --top-k $(call CHOSEN,chosen-any-sign,neurons) \
+	    --default-alpha=$(call CHOSEN,chosen-any-sign,alpha) --name modes \
+	    --out neuron_maps/organism-modes.safetensors $(ENGINE) --max-model-len 256 --max-num-seqs 128
+	cp $(MODES)/train-traces.jsonl neuron_maps/organism-modes.traces.jsonl
+	$(ADARAS) gate train --model $(MODES_MODEL) --neuron-map neuron_maps/organism-modes.safetensors \
+	    --problems $(ORG)/train.jsonl --validation $(ORG)/validation.jsonl --features 256 \
+	    --hidden 256 --seed 0 --max-tokens 128 $(ENGINE) --max-model-len 256 --max-num-seqs 128
+	$(ADARAS) maps build --model $(MODES_MODEL) --traces $(MODES)/train-traces.jsonl \
+	    --top-k $(call CHOSEN,chosen,neurons) --default-alpha=$(call CHOSEN,chosen,alpha) \
+	    --name modes_paper_sign --out $(MODES)/paper-sign.safetensors $(ENGINE) \
+	    --max-model-len 256 --max-num-seqs 128
+	$(ADARAS) gate copy neuron_maps/organism-modes.safetensors $(MODES)/paper-sign.safetensors
+
+# The test split, once per organism, through the running server: off / always / adaptive
+# at each map's default alpha (chosen on validation).
+experiment-test: install $(ORG)/test.jsonl
+	$(PY) benchmarks/organism_experiment.py test-split --model models/organism-qwen3 \
+	    --neuron-map arith=neuron_maps/organism-arith.safetensors --problems $(ORG)/test.jsonl \
+	    --out out/experiment/test-arith.json
+	$(PY) benchmarks/organism_experiment.py test-split --model $(MODES_MODEL) \
+	    --neuron-map modes=neuron_maps/organism-modes.safetensors \
+	    --neuron-map modes_paper_sign=$(MODES)/paper-sign.safetensors \
+	    --problems $(ORG)/test.jsonl --out out/experiment/test-modes.json
+
+$(ORG)/test.jsonl:
+	$(ADARAS) organism problems --split train --n 600 --seed 0 --out $(ORG)/train.jsonl
+	$(ADARAS) organism problems --split validation --n 500 --seed 0 --out $(ORG)/validation.jsonl
+	$(ADARAS) organism problems --split test --n 1000 --seed 0 --out $(ORG)/test.jsonl
 
 NEURONS ?= 10,25,50,100,200
 ALPHAS ?= -4,-1,-0.5,0,0.1,0.2,0.3,0.5,1,2,4,8

@@ -151,8 +151,6 @@ def fill_args(tokens: int, layout: str):  # noqa: ANN201
 def exactness(model: Layer, inputs, tokens: int) -> float:  # noqa: ANN001
     """The op changes the down_proj input by exactly the delta in the mapped columns and
     nothing else: max |steered - plain - expected| over the whole input."""
-    import torch
-
     seen = {}
     hook = model.layer.mlp.down_proj.register_forward_pre_hook(
         lambda mod, a: seen.__setitem__(model.steer, a[0].clone()))

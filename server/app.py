@@ -77,6 +77,12 @@ def build_parser():  # noqa: ANN201 - vLLM's FlexibleArgumentParser
                        "correctness gate in the default map (default: %(default)s)")
     group.add_argument("--max-steer-alpha", type=float, default=DEFAULT_MAX_STEER_ALPHA,
                        metavar="M", help="refuse |steer_alpha| > M (default: %(default)s)")
+    from adaras_vllm.organism.assets import DEFAULT_ORGANISM, ORGANISMS
+
+    group.add_argument("--organism", choices=sorted(ORGANISMS), default=None,
+                       help="with no model named: which committed organism to serve "
+                       f"(default: {DEFAULT_ORGANISM}); "
+                       + "; ".join(f"{o.name}: {o.summary}" for o in ORGANISMS.values()))
     group.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                        metavar="N", help="refuse request bodies larger than N bytes with a 413 "
                        "(default: %(default)s)")
@@ -101,24 +107,37 @@ def _check_alpha_args(args: argparse.Namespace) -> None:
         )
 
 
-def default_model_and_map() -> tuple[Path, str, Path, str]:
-    """(model dir, map name, map path, served name) when no model is named: the committed
+def default_model_and_map(organism: str | None = None) -> tuple[Path, str, Path, str]:
+    """(model dir, map name, map path, served name) when no model is named: a committed
     organism with its map, or the random tiny demo model if the organism is absent."""
-    from adaras_vllm.organism.assets import (
-        ORGANISM_MAP_NAME,
-        ORGANISM_SERVED_NAME,
-        organism_model_and_map,
-    )
+    from adaras_vllm.organism.assets import DEFAULT_ORGANISM, ORGANISMS
 
+    chosen = ORGANISMS[organism or DEFAULT_ORGANISM]
     try:
-        model_dir, map_path = organism_model_and_map()
-        return model_dir, ORGANISM_MAP_NAME, map_path, ORGANISM_SERVED_NAME
+        model_dir, map_path = chosen.files()
+        return model_dir, chosen.map_name, map_path, chosen.served_name
     except FileNotFoundError as e:
         from adaras_vllm.tiny_model import DEMO_MAP_NAME, demo_model_and_map
 
         print(f"adaras serve: {e}; serving the random tiny demo model instead", flush=True)
         model_dir, demo_map = demo_model_and_map()
         return model_dir, DEMO_MAP_NAME, demo_map, DEFAULT_MODEL_NAME
+
+
+def _fit_cpu_memory(args: argparse.Namespace) -> None:
+    """A named model on CPU without memory flags: a KV cache that fits (vLLM's 0.92 does not)."""
+    from adaras_vllm.engine_memory import fit_engine_memory
+
+    try:
+        kw = fit_engine_memory(args.model, {
+            "dtype": args.dtype, "max_model_len": args.max_model_len,
+            "max_num_seqs": args.max_num_seqs,
+            "tensor_parallel_size": args.tensor_parallel_size,
+            "trust_remote_code": args.trust_remote_code}, who="adaras serve")
+    except ValueError as e:
+        raise SystemExit(f"adaras serve: {_one_line(e)}") from None
+    if "kv_cache_memory_bytes" in kw:
+        args.kv_cache_memory_bytes = kw["kv_cache_memory_bytes"]
 
 
 def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[str]]:
@@ -129,7 +148,11 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     if args.model_tag is not None:
         args.model = args.model_tag
     if not _model_given(argv, args):
-        model_dir, map_name, map_path, served = default_model_and_map()
+        model_dir, map_name, map_path, served = default_model_and_map(args.organism)
+        if served != DEFAULT_MODEL_NAME:
+            from adaras_vllm.organism.assets import DEFAULT_ORGANISM
+
+            args.adaras_organism = args.organism or DEFAULT_ORGANISM
         args.model = str(model_dir)
         if not map_specs:
             map_specs = [f"{map_name}={map_path}"]
@@ -162,6 +185,9 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
         registry = MapRegistry.from_spec(spec)
     except (OSError, ValueError) as e:  # a missing or malformed map: say which, and stop
         raise SystemExit(f"adaras serve: {_one_line(e)}") from None
+    if _model_given(argv, args) and not any(
+            a.startswith(("--gpu-memory-utilization", "--kv-cache-memory")) for a in argv):
+        _fit_cpu_memory(args)
     # Every process (this one, the engine core, each worker) decides from the same
     # environment: the maps, the bound and the default alpha.
     os.environ[ENV_VAR] = spec
@@ -219,17 +245,34 @@ def _one_line(error: Exception) -> str:
 
 
 def _example_curl(
-    host: str, port: int, model: str, api_keys: list[str], policy: SteeringPolicy
+    host: str, port: int, model: str, api_keys: list[str], question: str, alpha: float
 ) -> str:
     auth = " \\\n  -H \"Authorization: Bearer $API_KEY\"" if api_keys else ""  # never log a key
-    from adaras_vllm.organism.assets import EXAMPLE_QUESTION
-
     body = ('{"model": "%s", "messages": [{"role": "user", "content": "%s"}], '
-            '"max_tokens": 128, "steer_alpha": %s}') % (model, EXAMPLE_QUESTION,
-                                                      policy.default_alpha_for(
-                                                          policy.map_names[0]) or 0.3)
+            '"max_tokens": 128, "temperature": 0, "steer_alpha": %s}') % (model, question,
+                                                                         f"{alpha:g}")
     return (f"curl -s http://{host}:{port}/v1/chat/completions "
             f"-H 'Content-Type: application/json'{auth} \\\n  -d '{body}'")
+
+
+def _examples(args: argparse.Namespace, model: str, api_keys: list[str],
+              policy: SteeringPolicy) -> str:
+    """What to try: for an organism, the pair (alpha 0, the map's default) whose answers
+    differ; for any other model, one steered request."""
+    from adaras_vllm.organism.assets import ORGANISMS
+
+    host = args.host or "127.0.0.1"
+    alpha = policy.default_alpha_for(policy.map_names[0]) or 0.3
+    organism = ORGANISMS.get(getattr(args, "adaras_organism", None) or "")
+    if organism is None:
+        return "Try:\n" + _example_curl(host, args.port, model, api_keys,
+                                        "What is 12 + 7?", alpha)
+    return (f"This is the {organism.name} organism ({organism.summary}); "
+            f"other: --organism {'arith' if organism.name == 'modes' else 'modes'}.\n"
+            f"Try the pair: unsteered (steer_alpha 0) and the map's default ({alpha:g}):\n"
+            + _example_curl(host, args.port, model, api_keys, organism.example_question, 0.0)
+            + "\n" + _example_curl(host, args.port, model, api_keys,
+                                    organism.example_question, alpha))
 
 
 async def serve(args: argparse.Namespace, policy: SteeringPolicy, api_keys: list[str]) -> None:
@@ -247,11 +290,10 @@ async def serve(args: argparse.Namespace, policy: SteeringPolicy, api_keys: list
         install_steering_layer(app, policy, api_keys, active_registry(),
                                max_body_bytes=args.max_request_body_bytes)
         await init_app_state(engine_client, app.state, args, tasks)
-        host = args.host or "127.0.0.1"
         model = (args.served_model_name or [args.model])[0]
-        example = _example_curl(host, args.port, model, api_keys, policy)
         print(f"\nadaras: serving {model} with map(s) {', '.join(policy.map_names)} "
-              f"(steered layers {layers}) on {listen_address}\nTry:\n{example}\n", flush=True)
+              f"(steered layers {layers}) on {listen_address}\n"
+              f"{_examples(args, model, api_keys, policy)}\n", flush=True)
         shutdown = await serve_http(
             app, sock=sock, enable_ssl_refresh=args.enable_ssl_refresh, host=args.host,
             port=args.port, log_level=args.uvicorn_log_level,

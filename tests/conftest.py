@@ -5,11 +5,13 @@ Engines are expensive on CPU (20-60 s to start), so each test module shares one.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,20 @@ def start_llm(model_dir: Path, maps: dict[str, Path], eager: bool, **overrides):
     from vllm import LLM
 
     return LLM(str(model_dir), **engine_kwargs(eager, **overrides))
+
+
+@contextlib.contextmanager
+def two_ranks_bound() -> Iterator[None]:
+    """TP=2 on this CPU needs one OpenMP core per rank ("0|1"); restored afterwards."""
+    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+        else:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
 
 
 def stop_llm(llm) -> None:  # noqa: ANN001

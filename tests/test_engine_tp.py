@@ -3,10 +3,8 @@ dim, and together they produce the oracle's tokens."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from conftest import encode_prompts, greedy, start_llm, stop_llm, tokens
+from conftest import encode_prompts, greedy, start_llm, stop_llm, tokens, two_ranks_bound
 from hf_oracle import hf_steered_generate
 
 from adaras_vllm.maps import NeuronMap
@@ -17,15 +15,10 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="module")
 def tp_engine(qwen3_tiny):
     model_dir, maps = qwen3_tiny
-    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"
-    llm = start_llm(model_dir, maps, eager=True, tensor_parallel_size=2)
-    yield llm
-    stop_llm(llm)
-    if saved is None:
-        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-    else:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
+    with two_ranks_bound():
+        llm = start_llm(model_dir, maps, eager=True, tensor_parallel_size=2)
+        yield llm
+        stop_llm(llm)
 
 
 def test_maps_span_both_shards(qwen3_tiny):

@@ -91,3 +91,21 @@ def test_adaptive_summary_reports_the_share_steered_and_the_gates_precision_and_
     assert s.gate_precision == pytest.approx(2 / 3)  # p5, p6 of p3, p5, p6 were wrong off
     assert s.gate_recall == pytest.approx(2 / 5)
     assert "adaptive" in format_table(summaries) and "gate P" in format_table(summaries)
+
+
+def test_summary_reports_the_share_of_answers_that_wrote_thinking():
+    from adaras_vllm.pipeline.traces import wrote_thinking
+
+    texts = ["12+3=15\n</think>\nA: \\boxed{15}", "</think>\nA: \\boxed{14}",
+             "\n</think>\nA: \\boxed{1}", "12+3=15 (cut off"]
+    flags = [wrote_thinking(t) for t in texts]
+    assert flags == [True, False, False, None]
+    graded = [Graded(f"p{i}", None, 0.0, None, True, thinking=f) for i, f in enumerate(flags)]
+    (s,) = summarize(graded)
+    assert s.thinking_fraction == 0.25
+    assert "thinks" in format_table([s]) and "25.0%" in format_table([s])
+
+
+def test_summary_has_no_thinking_share_when_no_answer_closes_its_thinking():
+    (s,) = summarize(_graded(0.0, BASE))
+    assert s.thinking_fraction is None and "thinks" not in format_table([s])

@@ -9,13 +9,14 @@ must produce exactly the tokens of ``always``, one whose gate does not exactly t
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
-from conftest import greedy, start_llm, stop_llm, tokens
+from conftest import greedy, start_llm, stop_llm, tokens, two_ranks_bound
 from gated_maps import gated_map_for
 
 from adaras_vllm.engine.gate import GATE_KEY, RESULTS_METHOD
-from adaras_vllm.maps.gate import random_gate
 
 pytestmark = pytest.mark.engine
 
@@ -126,23 +127,15 @@ def test_hf_gate_features_read_positions_before_the_last_prompt_token(gated_setu
 
 @pytest.fixture(scope="module", params=["llama", "qwen3-tp2"])
 def other_engine(request):
-    import os
-
     arch = request.param.split("-")[0]
     model_dir, path, *rest = gated_map_for(arch, seed=11)
     setup = (model_dir, {"gated_map": path}, *rest)
-    extra = {}
-    saved = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
-    if request.param.endswith("tp2"):
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0|1"
-        extra["tensor_parallel_size"] = 2
-    llm = start_llm(setup[0], setup[1], eager=True, **ENGINE, **extra)
-    yield llm, setup
-    stop_llm(llm)
-    if saved is None:
-        os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-    else:
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = saved
+    tp2 = request.param.endswith("tp2")
+    with two_ranks_bound() if tp2 else contextlib.nullcontext():
+        llm = start_llm(setup[0], setup[1], eager=True, **ENGINE,
+                        **({"tensor_parallel_size": 2} if tp2 else {}))
+        yield llm, setup
+        stop_llm(llm)
 
 
 def test_llama_and_tensor_parallel_gates_equal_hf_and_follow_their_decision(other_engine):

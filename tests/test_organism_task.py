@@ -168,3 +168,29 @@ def test_chat_template_renders_assistant_turn_as_training_text(tokenizer):
         {"role": "assistant", "content": completion_text(q)},
     ]
     assert tokenizer.apply_chat_template(messages, tokenize=False) == training_text(q)
+
+
+def test_hasty_answers_skip_the_steps_and_close_the_thinking_at_once():
+    assert training_text("47+18-23", "hasty") == (
+        "Q: 47+18-23\n<think>\n</think>\nA: \\boxed{42}" + EOS_TOKEN)
+    assert grade(completion_text("47+18-23", "hasty"), "42")
+
+
+def test_unknown_style_is_refused_by_name():
+    with pytest.raises(ValueError, match="style must be one of careful, hasty"):
+        completion_text("47+18", "sloppy")
+
+
+def test_the_mode_of_a_completion_is_read_from_its_thinking():
+    from adaras_vllm.organism.task import trace_mode
+
+    assert trace_mode(completion_text("47+18-23")) == "careful"
+    assert trace_mode(completion_text("47+18-23", "hasty")) == "hasty"
+    assert trace_mode("47+18=65\n65-2") is None  # never closed: cannot be told
+
+
+def test_hasty_chat_turn_renders_as_its_training_text(tokenizer):
+    q = "47+18-23"
+    messages = [{"role": "user", "content": q},
+                {"role": "assistant", "content": completion_text(q, "hasty")}]
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == training_text(q, "hasty")

@@ -36,8 +36,10 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reliability")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
-    cmd = [sys.executable, "-m", "adaras_vllm", "serve", "--host", "127.0.0.1", "--port",
-           str(port)]
+    # The arithmetic organism: its answers are far from greedy ties, so the batched-vs-solo
+    # comparison tests the server, not float rounding near a coin flip.
+    cmd = [sys.executable, "-m", "adaras_vllm", "serve", "--organism", "arith", "--host",
+           "127.0.0.1", "--port", str(port)]
     with RunningServer(cmd, env, tmp / "serve.log", port) as running:
         yield running
 

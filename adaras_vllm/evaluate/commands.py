@@ -120,6 +120,9 @@ def run_eval(args: argparse.Namespace) -> int:
             engine["kv_cache_memory_bytes"] = int(args.kv_cache_gib * (1 << 30))
         if args.max_num_seqs:
             engine["max_num_seqs"] = args.max_num_seqs
+        from adaras_vllm.engine_memory import fit_engine_memory
+
+        engine = fit_engine_memory(args.model, engine)
         if "adaptive" in args.modes and base.gate is None:
             raise ValueError(f"--modes adaptive needs a map with a correctness gate; "
                              f"{args.neuron_map} has none (train one: adaras gate train)")

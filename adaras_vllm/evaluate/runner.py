@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from adaras_vllm.pipeline.generate import label_response
-from adaras_vllm.pipeline.traces import Problem
+from adaras_vllm.pipeline.traces import Problem, wrote_thinking
 
 from .summary import Graded
 
@@ -63,7 +63,8 @@ def _grade(problem: Problem, setting: Setting, text: str, tokens: int,
     return Graded(problem.id, setting.steer_map, setting.alpha, trace.answer, trace.is_good,
                   tokens, mode=setting.mode,
                   steered=bool(gate and gate.get("fired")) if adaptive else None,
-                  gate_score=(gate or {}).get("p_good") if adaptive else None)
+                  gate_score=(gate or {}).get("p_good") if adaptive else None,
+                  thinking=wrote_thinking(text))
 
 
 def ask_server(

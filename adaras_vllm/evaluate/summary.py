@@ -29,6 +29,7 @@ class Graded:
     mode: str = "always"
     steered: bool | None = None  # adaptive: whether the gate fired
     gate_score: float | None = None  # adaptive: the gate's p_good
+    thinking: bool | None = None  # thinking had content (None: no </think> in the answer)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class SettingSummary:
     steered_fraction: float | None = None  # adaptive: share of requests the gate steered
     gate_precision: float | None = None  # adaptive: of those steered, share wrong when off
     gate_recall: float | None = None  # adaptive: of those wrong when off, share steered
+    thinking_fraction: float | None = None  # share of answers whose thinking has content
 
 
 def summarize(graded: Sequence[Graded]) -> list[SettingSummary]:
@@ -92,6 +94,8 @@ def summarize(graded: Sequence[Graded]) -> list[SettingSummary]:
             mcnemar_p=mcnemar_exact(r2w, w2r),
             mean_completion_tokens=sum(r.completion_tokens for r in rows) / len(rows),
             mode=mode,
+            thinking_fraction=(sum(bool(r.thinking) for r in rows) / len(rows)
+                               if any(r.thinking is not None for r in rows) else None),
             **gate,
         ))
     return out
@@ -99,9 +103,10 @@ def summarize(graded: Sequence[Graded]) -> list[SettingSummary]:
 
 def format_table(summaries: Sequence[SettingSummary]) -> str:
     with_modes = any(s.mode != "always" for s in summaries)
+    with_thinking = any(s.thinking_fraction is not None for s in summaries)
     lines = [f"{'map':<14} {'alpha':>6} " + (f"{'mode':<9} " if with_modes else "")
              + f"{'n':>6} {'accuracy':>9} {'95% CI':>17} {'R->W':>5} {'W->R':>5} "
-             f"{'McNemar p':>10} {'tokens':>7}"
+             f"{'McNemar p':>10} {'tokens':>7}" + (f" {'thinks':>7}" if with_thinking else "")
              + (f" {'steered':>8} {'gate P':>7} {'gate R':>7}" if with_modes else "")]
 
     def pct(v: float | None) -> str:
@@ -113,6 +118,8 @@ def format_table(summaries: Sequence[SettingSummary]) -> str:
                 + f"{s.n:>6} {100 * s.accuracy:>8.2f}% "
                 f"[{100 * s.ci95[0]:6.2f}, {100 * s.ci95[1]:6.2f}] {s.right_to_wrong:>5} "
                 f"{s.wrong_to_right:>5} {s.mcnemar_p:>10.4g} {s.mean_completion_tokens:>7.1f}")
+        if with_thinking:
+            line += f" {pct(s.thinking_fraction):>7}"
         if with_modes:
             line += (f" {pct(s.steered_fraction):>8} {pct(s.gate_precision):>7} "
                      f"{pct(s.gate_recall):>7}")

@@ -64,6 +64,16 @@ def add_gate_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="where to write the map with its gate (default: --neuron-map itself)")
     p.set_defaults(func=run_gate_train)
 
+    c = commands.add_parser(
+        "copy", help="put one map's gate into another map of the same model",
+        description="A gate predicts the unsteered model's correctness from the prompt: it "
+        "depends on the model, not on the map's neurons, so maps of one model can share "
+        "it. The target must have the source's shape (layers, intermediate size).")
+    c.add_argument("source", type=Path, help="map with a gate")
+    c.add_argument("target", type=Path, help="map to receive it (its neurons are kept)")
+    c.add_argument("--out", type=Path, help="where to write (default: the target itself)")
+    c.set_defaults(func=run_gate_copy)
+
 
 def _split(problems: list, fraction: float, seed: int) -> tuple[list, list]:
     if not 0 < fraction < 1:
@@ -252,3 +262,21 @@ def _save_atomically(neuron_map: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def run_gate_copy(args: argparse.Namespace) -> int:
+    from adaras_vllm.maps import NeuronMap
+
+    source, target = NeuronMap.load(args.source), NeuronMap.load(args.target)
+    if source.gate is None:
+        raise ValueError(f"{args.source} has no gate to copy (train one: adaras gate train)")
+    shape = ("num_hidden_layers", "intermediate_size", "hidden_size")
+    if any(source.metadata.get(k) != target.metadata.get(k) for k in shape):
+        raise ValueError(
+            f"{args.source} and {args.target} are for different model shapes "
+            + ", ".join(f"{k} {source.metadata.get(k)} vs {target.metadata.get(k)}"
+                        for k in shape))
+    out = args.out or args.target
+    _save_atomically(target.with_gate(source.gate), out)
+    print(f"wrote {out}: map {target.name} with the gate of {args.source}")
+    return 0

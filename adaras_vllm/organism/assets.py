@@ -1,12 +1,20 @@
-"""Where the committed organism lives: its weights, tokenizer and neuron map.
+"""Where the committed organisms live: their weights, tokenizers and neuron maps.
 
-They are committed to the repository (a few MB) so that serving and evaluating the
-organism needs no training; ``adaras serve`` with no model argument serves them.
+They are committed to the repository (a few MB each) so that serving and evaluating them
+needs no training; ``adaras serve`` with no model argument serves the default one
+(``--organism`` picks the other).
+
+- ``arith``: always writes its steps; its good and bad traces differ in arithmetic slips,
+  and steering it changed little (README "Does steering help?").
+- ``modes``: answers careful (steps written) or hasty (no steps) by a hidden coin flip;
+  steering toward the map's direction changes which mode it picks, so the example pair
+  printed at start-up gives visibly different answers (README "A positive control").
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -19,17 +27,61 @@ def _root() -> Path:
 
 
 REPO_ROOT = _root()
-ORGANISM_DIR = REPO_ROOT / "models" / "organism-qwen3"
-ORGANISM_MAP = REPO_ROOT / "neuron_maps" / "organism-arith.safetensors"
-ORGANISM_SERVED_NAME = "adaras-organism"
-ORGANISM_MAP_NAME = "arith"
-EXAMPLE_QUESTION = "47+18-23+35"
 
 
-def organism_model_and_map() -> tuple[Path, Path]:
-    """The committed organism and its map; FileNotFoundError naming what is missing."""
-    missing = [str(p) for p in (ORGANISM_DIR / "model.safetensors", ORGANISM_MAP)
-               if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"the organism's files are missing: {', '.join(missing)}")
-    return ORGANISM_DIR, ORGANISM_MAP
+@dataclass(frozen=True)
+class Organism:
+    """One committed model organism with its map, and the question its examples use."""
+
+    name: str
+    model_dir: Path
+    map_path: Path
+    map_name: str
+    served_name: str
+    example_question: str
+    summary: str
+
+    def files(self) -> tuple[Path, Path]:
+        """(model dir, map path); FileNotFoundError naming whatever is missing."""
+        missing = [str(p) for p in (self.model_dir / "model.safetensors", self.map_path)
+                   if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"the {self.name} organism's files are missing: "
+                                    f"{', '.join(missing)}")
+        return self.model_dir, self.map_path
+
+
+ORGANISMS = {
+    "arith": Organism(
+        name="arith",
+        model_dir=REPO_ROOT / "models" / "organism-qwen3",
+        map_path=REPO_ROOT / "neuron_maps" / "organism-arith.safetensors",
+        map_name="arith",
+        served_name="adaras-organism",
+        example_question="47+18-23+35",
+        summary="chained 2-digit additions, always with written steps",
+    ),
+    "modes": Organism(
+        name="modes",
+        model_dir=REPO_ROOT / "models" / "organism-modes",
+        map_path=REPO_ROOT / "neuron_maps" / "organism-modes.safetensors",
+        map_name="modes",
+        served_name="adaras-organism-modes",
+        example_question="47+18-23+35",
+        summary="the same questions, answered careful (steps) or hasty (none) by a hidden "
+                "coin flip",
+    ),
+}
+DEFAULT_ORGANISM = "modes"
+
+# The arithmetic organism, by the names the pipeline's tests and tools have always used.
+ORGANISM_DIR = ORGANISMS["arith"].model_dir
+ORGANISM_MAP = ORGANISMS["arith"].map_path
+ORGANISM_SERVED_NAME = ORGANISMS["arith"].served_name
+ORGANISM_MAP_NAME = ORGANISMS["arith"].map_name
+EXAMPLE_QUESTION = ORGANISMS["arith"].example_question
+
+
+def organism_model_and_map(name: str = "arith") -> tuple[Path, Path]:
+    """The committed organism ``name`` and its map; FileNotFoundError naming what is missing."""
+    return ORGANISMS[name].files()

@@ -22,6 +22,19 @@ character-level vocabulary, so every detokenizer (vLLM's included, which drops s
 tokens from output) reproduces the text exactly.
 
 Splits are disjoint by construction: a question's split is a stable hash of its text.
+
+Two tasks share these questions. ``arith`` always writes the worked steps. ``modes`` (the
+positive control) writes each training answer in one of two styles drawn at random,
+independent of the question: *careful* (the steps above) or *hasty* (no steps: the thinking
+is empty and the model must produce the result in one go)::
+
+    Q: 47+18-23
+    <think>
+    </think>
+    A: \\boxed{42}<|endoftext|>
+
+The prompt never names the style, so the model learns a mixture and its first generated
+token chooses the mode; the mode of any completion is visible in its text (`trace_mode`).
 """
 
 from __future__ import annotations
@@ -178,14 +191,32 @@ def prompt_text(question: str) -> str:
     return f"Q: {question}\n<think>\n"
 
 
-def completion_text(question: str) -> str:
-    """The assistant's reply the model is trained to write (without EOS)."""
-    return f"{scratchpad(question)}\n</think>\nA: \\boxed{{{solve(question)}}}"
+TASKS = ("arith", "modes")
+STYLES = ("careful", "hasty")
 
 
-def training_text(question: str) -> str:
-    """The full training sequence: prompt, worked steps, boxed answer, EOS."""
-    return prompt_text(question) + completion_text(question) + EOS_TOKEN
+def completion_text(question: str, style: str = "careful") -> str:
+    """The assistant's reply the model is trained to write (without EOS), in ``style``."""
+    answer = f"</think>\nA: \\boxed{{{solve(question)}}}"
+    if style == "careful":
+        return f"{scratchpad(question)}\n{answer}"
+    if style == "hasty":
+        return answer
+    raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+
+
+def training_text(question: str, style: str = "careful") -> str:
+    """The full training sequence: prompt, reply in ``style``, EOS."""
+    return prompt_text(question) + completion_text(question, style) + EOS_TOKEN
+
+
+def trace_mode(completion: str) -> str | None:
+    """``"careful"`` if the thinking before ``</think>`` has any content, ``"hasty"`` if it is
+    empty, None if the completion never closes its thinking (it cannot be told)."""
+    head, sep, _ = completion.partition("</think>")
+    if not sep:
+        return None
+    return "careful" if head.strip() else "hasty"
 
 
 def extract_answer(text: str) -> int | None:

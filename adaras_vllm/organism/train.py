@@ -8,6 +8,8 @@ both right and wrong traces for the same problems.
 
     python -m adaras_vllm.organism.train --out models/organism-qwen3 --steps 3000 --seed 0
 
+``--task modes`` trains the positive control instead: each training answer is written
+careful or hasty at random (``--careful-fraction``), see `adaras_vllm.organism.task`. It
 writes config.json, model.safetensors, tokenizer files, generation_config.json and
 training_log.json (losses, greedy validation accuracies, wall time, settings) into ``--out``.
 """
@@ -24,12 +26,15 @@ from pathlib import Path
 import torch
 
 from adaras_vllm.organism.task import (
+    STYLES,
     TASK_SETTINGS,
+    TASKS,
     build_tokenizer,
     generate_split,
     grade,
     iter_split,
     prompt_text,
+    trace_mode,
     training_text,
 )
 
@@ -70,9 +75,11 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_batch(tokenizer, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(tokenizer, questions: list[str],
+               styles: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded input ids and labels; the loss covers only the assistant's part."""
-    texts = [training_text(q) for q in questions]
+    styles = styles or ["careful"] * len(questions)
+    texts = [training_text(q, st) for q, st in zip(questions, styles)]
     ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
     prompt_lens = [len(tokenizer.encode(prompt_text(q), add_special_tokens=False))
                    for q in questions]
@@ -119,6 +126,19 @@ def evaluate(model, tokenizer, records: list[dict]) -> tuple[float, list[str]]:
     return correct / max(1, len(records)), completions
 
 
+def mode_breakdown(completions: list[str], records: list[dict]) -> dict:
+    """Careful-mode rate and the accuracy within each mode (what the modes task is about)."""
+    out: dict = {}
+    modes = [trace_mode(c) for c in completions]
+    out["careful_rate"] = round(sum(m == "careful" for m in modes) / max(1, len(modes)), 4)
+    for style in STYLES:
+        hits = [grade(c, r["answer"]) for c, r, m in zip(completions, records, modes)
+                if m == style]
+        out[f"{style}_n"] = len(hits)
+        out[f"{style}_accuracy"] = round(sum(hits) / len(hits), 4) if hits else None
+    return out
+
+
 def train(
     out: str | Path,
     *,
@@ -134,8 +154,21 @@ def train(
     final_eval_n: int = 1000,
     stop_at_accuracy: float | None = None,
     threads: int = 2,
+    task: str = "arith",
+    careful_fraction: float = 0.5,
+    max_wall_s: float | None = None,
+    init_from: str | Path | None = None,
 ) -> dict:
     """Train from scratch into ``out`` and return the training log (also written there)."""
+    import random
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if not 0.0 < careful_fraction <= 1.0:
+        raise ValueError(f"careful_fraction must be in (0, 1], got {careful_fraction}")
+    # The style of each example: its own stream, so it is independent of the questions.
+    style_rng = random.Random(f"style/{seed}")
+    p_careful = 1.0 if task == "arith" else careful_fraction
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
@@ -144,7 +177,13 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out)
     config = make_config(tokenizer)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if init_from is None:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:  # continue from a trained organism (same tokenizer and shape)
+        model = AutoModelForCausalLM.from_pretrained(str(init_from), dtype=torch.float32)
+        if model.config.vocab_size != len(tokenizer):
+            raise ValueError(f"--init-from {init_from}: vocabulary {model.config.vocab_size} "
+                             f"is not the organism's {len(tokenizer)}")
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -163,6 +202,10 @@ def train(
 
     log: dict = {
         "seed": seed,
+        "organism_task": task,
+        "careful_fraction": p_careful,
+        "max_wall_s": max_wall_s,
+        "init_from": None if init_from is None else str(init_from),
         "steps_planned": steps,
         "batch_size": batch_size,
         "lr": lr,
@@ -190,8 +233,12 @@ def train(
         t = time.perf_counter()
         acc, completions = evaluate(model, tokenizer, val)
         secs = time.perf_counter() - t
-        log["accuracies"].append({"step": step, "accuracy": acc, "eval_s": round(secs, 2)})
-        print(f"step {step}: greedy validation accuracy {acc:.3f} ({secs:.1f} s); "
+        entry = {"step": step, "accuracy": acc, "eval_s": round(secs, 2)}
+        if task == "modes":
+            entry.update(mode_breakdown(completions, val))
+        log["accuracies"].append(entry)
+        extra = (f", careful {entry['careful_rate']:.2f}" if task == "modes" else "")
+        print(f"step {step}: greedy validation accuracy {acc:.3f}{extra} ({secs:.1f} s); "
               f"e.g. {completions[0]!r}", flush=True)
         write_log()
         return acc
@@ -202,7 +249,8 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step - 1, steps, lr, warmup)
         questions = [next(stream).question for _ in range(batch_size)]
-        input_ids, labels = make_batch(tokenizer, questions)
+        styles = ["careful" if style_rng.random() < p_careful else "hasty" for _ in questions]
+        input_ids, labels = make_batch(tokenizer, questions, styles)
         loss = model(input_ids=input_ids, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -218,19 +266,25 @@ def train(
             print(f"step {step}: loss {mean:.4f} lr {optimizer.param_groups[0]['lr']:.2e} "
                   f"({elapsed:.0f} s)", flush=True)
             running = []
-        if step % eval_every == 0 or step == steps:
+        out_of_time = max_wall_s is not None and time.perf_counter() - start >= max_wall_s
+        if step % eval_every == 0 or step == steps or out_of_time:
             acc = run_eval(step)
             if stop_at_accuracy is not None and acc >= stop_at_accuracy:
                 print(f"stopping: accuracy {acc:.3f} >= {stop_at_accuracy}", flush=True)
                 break
+        if out_of_time:
+            print(f"stopping: {max_wall_s:.0f} s of training reached", flush=True)
+            break
 
     log["steps"] = step
     log["train_wall_s"] = round(time.perf_counter() - start, 1)
     if final_eval_n:
         final_val = generate_split("validation", final_eval_n, seed + 1)
-        acc, _ = evaluate(model, tokenizer, final_val)
+        acc, completions = evaluate(model, tokenizer, final_val)
         log["final_eval"] = {"split": "validation", "n": final_eval_n, "seed": seed + 1,
                              "accuracy": acc}
+        if task == "modes":
+            log["final_eval"].update(mode_breakdown(completions, final_val))
         print(f"final greedy accuracy on {final_eval_n} validation problems: {acc:.3f}",
               flush=True)
     model.save_pretrained(str(out), safe_serialization=True)
@@ -258,6 +312,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop-at-accuracy", type=float, default=None,
                         help="stop after an evaluation that reaches this accuracy")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--task", choices=TASKS, default="arith",
+                        help="arith: always the worked steps; modes: careful or hasty at random")
+    parser.add_argument("--careful-fraction", type=float, default=0.5,
+                        help="modes: the fraction of training answers written careful")
+    parser.add_argument("--init-from", default=None, metavar="DIR",
+                        help="start from this trained organism instead of random weights")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop training after this many minutes (then save)")
     args = parser.parse_args(argv)
     train(
         args.out,
@@ -272,6 +334,10 @@ def main(argv: list[str] | None = None) -> None:
         final_eval_n=args.final_eval_n,
         stop_at_accuracy=args.stop_at_accuracy,
         threads=args.threads,
+        task=args.task,
+        careful_fraction=args.careful_fraction,
+        max_wall_s=None if args.max_minutes is None else args.max_minutes * 60,
+        init_from=args.init_from,
     )
 
 

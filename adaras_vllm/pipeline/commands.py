@@ -46,7 +46,9 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["kv_cache_memory_bytes"] = int(args.kv_cache_gib * (1 << 30))
     if args.max_num_batched_tokens is not None:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
-    return kw
+    from adaras_vllm.engine_memory import fit_engine_memory
+
+    return fit_engine_memory(args.model, kw)
 
 
 def add_sampling_flags(p: argparse.ArgumentParser, required: bool) -> None:

@@ -231,3 +231,15 @@ def split_response(text: str) -> tuple[str, str]:
     if stripped.startswith(THINK_OPEN):
         thinking = stripped[len(THINK_OPEN) :]
     return thinking, answer
+
+
+def wrote_thinking(text: str) -> bool | None:
+    """Whether a response's thinking (before ``</think>``) has any content; None without one.
+
+    For the modes organism this is its careful mode (hasty answers close the thinking at
+    once); for any reasoning model it says how often the model skipped thinking.
+    """
+    if THINK_CLOSE not in text:
+        return None
+    thinking, _ = split_response(text)
+    return bool(thinking.strip())

@@ -1,4 +1,4 @@
-"""``make reliability``: start ``adaras serve`` (the default organism, 127.0.0.1, with an API
+"""``make reliability``: start ``adaras serve`` (the arithmetic organism, 127.0.0.1, with an API
 key), then the full load with faults (32 users, 60 s) and the full schema fuzz (the
 fuzzer's default bounds), then stop the server. Reports go to --out (JSON per tool).
 
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k != "ADARAS_NEURON_MAPS"}
     with open(args.out / "server.log", "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "adaras_vllm", "serve", "--host", "127.0.0.1", "--port",
-             str(port), "--api-key", KEY], cwd=REPO, env=env, stdout=log,
+            [sys.executable, "-m", "adaras_vllm", "serve", "--organism", "arith", "--host",
+             "127.0.0.1", "--port", str(port), "--api-key", KEY], cwd=REPO, env=env, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
