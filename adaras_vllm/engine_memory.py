@@ -93,11 +93,12 @@ def fit_engine_memory(model: str, kwargs: dict[str, Any], *, who: str = "adaras"
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=bool(
             kwargs.get("trust_remote_code")))
-    except (OSError, ValueError) as error:
-        reason = " ".join(str(error).split())
-        raise ValueError(f"cannot size the KV cache: {model!r} has no readable config "
-                         f"({reason}); give the size yourself (--kv-cache-gib, or "
-                         "--kv-cache-memory-bytes for adaras serve)") from None
+    except (OSError, ValueError) as error:  # vLLM reads configs it cannot: leave it to vLLM
+        reason = " ".join(str(error).split())[:300]
+        print(f"{who}: cannot size the CPU KV cache: {model!r} has no config transformers "
+              f"can read ({reason}); leaving vLLM's default (give --kv-cache-gib or "
+              "--gpu-memory-utilization if it does not fit)", file=sys.stderr, flush=True)
+        return kwargs
     # vLLM's CPU default is 256 sequences per step unless the command set one.
     chosen, why = choose_kv_cache_bytes(
         config, dtype=kwargs.get("dtype"), max_model_len=kwargs.get("max_model_len"),

@@ -147,6 +147,9 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     map_specs = list(args.neuron_map)
     if args.model_tag is not None:
         args.model = args.model_tag
+    if args.organism is not None and _model_given(argv, args):
+        raise SystemExit(f"adaras serve: --organism picks the model when none is named; "
+                         f"it cannot be combined with a model ({args.model})")
     if not _model_given(argv, args):
         model_dir, map_name, map_path, served = default_model_and_map(args.organism)
         if served != DEFAULT_MODEL_NAME:
@@ -268,7 +271,8 @@ def _examples(args: argparse.Namespace, model: str, api_keys: list[str],
         return "Try:\n" + _example_curl(host, args.port, model, api_keys,
                                         "What is 12 + 7?", alpha)
     return (f"This is the {organism.name} organism ({organism.summary}); "
-            f"other: --organism {'arith' if organism.name == 'modes' else 'modes'}.\n"
+            + ", ".join(f"--organism {o} for the other" for o in ORGANISMS if o != organism.name)
+            + ".\n"
             f"Try the pair: unsteered (steer_alpha 0) and the map's default ({alpha:g}):\n"
             + _example_curl(host, args.port, model, api_keys, organism.example_question, 0.0)
             + "\n" + _example_curl(host, args.port, model, api_keys,

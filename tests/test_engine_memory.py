@@ -77,3 +77,10 @@ def test_on_cpu_the_choice_is_made_and_said(capsys):
                                                "max_num_seqs": 128})
     assert kw["kv_cache_memory_bytes"] == 128 * 256 * 4096  # 4 KiB per token in float32
     assert "KV cache 128 MiB" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not on_cpu(), reason="the CPU backend's sizing")
+def test_a_model_without_a_readable_config_is_left_to_vllm_and_said(tmp_path, capsys):
+    kw = {"dtype": "auto", "max_num_seqs": 8}
+    assert fit_engine_memory(str(tmp_path / "nothing-here"), kw) == kw
+    assert "cannot size the CPU KV cache" in capsys.readouterr().err

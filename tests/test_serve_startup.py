@@ -145,3 +145,8 @@ def test_a_default_adaptive_mode_without_a_gate_on_the_default_map_refuses_to_st
 def test_a_default_adaptive_mode_starts_when_the_default_map_has_a_gate(monkeypatch):
     _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
              "--default-steer-mode", "adaptive")
+
+
+def test_organism_with_a_named_model_is_refused(monkeypatch):
+    with pytest.raises(SystemExit, match="--organism picks the model when none is named"):
+        _prepare(monkeypatch, "--model", "m", "--organism", "arith")
