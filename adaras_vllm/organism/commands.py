@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def add_organism_commands(subparsers: argparse._SubParsersAction) -> None:
-    org = subparsers.add_parser("organism", help="the self-trained arithmetic model organism")
+    org = subparsers.add_parser("organism", help="the self-trained model organisms (arith, modes)")
     commands = org.add_subparsers(dest="organism_command", metavar="ORGANISM_COMMAND",
                                   required=True)
     probs = commands.add_parser(
@@ -23,7 +23,7 @@ def add_organism_commands(subparsers: argparse._SubParsersAction) -> None:
 
     train = commands.add_parser(
         "train", add_help=False,
-        help="train the organism from scratch (see `adaras organism train --help`)",
+        help="train an organism: arith, or --task modes (see `adaras organism train --help`)",
     )
     train.set_defaults(func=None)
 
