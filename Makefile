@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install serve demo test test-fast bench docker-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check reliability clean
+.PHONY: install serve demo test test-fast bench docker-check lm-eval-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check reliability clean
 
 install: $(STAMP)
 
@@ -65,6 +65,13 @@ gpu-check: install
 # Its quick form runs in make test (tests/test_reliability_quick.py).
 reliability: install
 	$(PY) benchmarks/reliability/run.py --out out/reliability
+
+# lm-eval-harness against the served organism: installs the `harness` extra (and removes
+# the torchvision it brings back), then the agreement test with `adaras eval`.
+lm-eval-check: install
+	$(PY) -m pip install --quiet -e '.[harness]'
+	-$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null
+	$(PY) -m pytest -q -ra tests/test_serve_default.py -k lm_eval
 
 # The CPU image built from a locally built Debian base and run with podman, then the
 # compose file's cpu profile (README "Deploy"); about 15 minutes the first time.

@@ -14,7 +14,6 @@ from adaras_vllm.maps import NeuronMap
 from adaras_vllm.organism.assets import ORGANISM_DIR, ORGANISM_MAP
 from adaras_vllm.organism.task import generate_split, write_problems
 from adaras_vllm.pipeline.report import report_paths
-from adaras_vllm.pipeline.traces import read_traces
 
 ENGINE = ["--dtype", "float32", "--kv-cache-gib", "0.25", "--max-model-len", "256"]
 
@@ -38,23 +37,6 @@ def test_committed_map_has_its_report_and_provenance():
     assert int(m.metadata["num_good_traces"]) == report["num_good_traces"] > 0
     assert int(m.metadata["num_bad_traces"]) == report["num_bad_traces"] > 0
     assert png_path.read_bytes()[:4] == b"\x89PNG"
-
-
-@pytest.mark.engine
-def test_traces_generate_samples_and_grades_both_labels(tmp_path):
-    problems = write_problems(tmp_path / "p.jsonl", generate_split("train", 10, seed=3))
-    out = tmp_path / "traces.jsonl"
-    proc = _adaras("traces", "generate", "--model", str(ORGANISM_DIR), "--problems",
-                   str(problems), "--samples", "4", "--temperature", "1.0", "--max-tokens",
-                   "128", "--out", str(out), *ENGINE)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    traces = read_traces(out)
-    assert len(traces) == 40
-    assert sorted({t.attempt for t in traces}) == [0, 1, 2, 3]
-    assert any(t.is_good for t in traces) and not all(t.is_good for t in traces)
-    for t in traces:
-        assert t.is_good == (t.answer is not None and int(t.answer) == int(t.gold))
-        assert "</think>" not in t.thinking
 
 
 @pytest.mark.engine

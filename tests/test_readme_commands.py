@@ -72,9 +72,17 @@ def test_the_readme_shows_the_pipeline_without_memory_flags():
     assert not [c for c in commands if any(f in c for f in MEMORY_FLAGS)]
 
 
-def test_traces_generate_as_written(workdir):
+def test_traces_generate_as_written_samples_and_grades_both_labels(workdir):
+    from adaras_vllm.pipeline.traces import read_traces
+
     run_as_written(_the(".venv/bin/adaras traces generate"), workdir)
-    assert (workdir / "traces.jsonl").stat().st_size > 0
+    traces = read_traces(workdir / "traces.jsonl")
+    assert len(traces) == 12 * 8  # --samples 8 per problem
+    assert sorted({t.attempt for t in traces}) == list(range(8))
+    assert any(t.is_good for t in traces) and not all(t.is_good for t in traces)
+    for t in traces:
+        assert t.is_good == (t.answer is not None and int(t.answer) == int(t.gold))
+        assert "</think>" not in t.thinking
 
 
 def test_maps_build_from_traces_as_written(workdir):

@@ -148,6 +148,8 @@ def _lm_eval_accuracy(server, tmp_path, problems, alpha: float) -> float:  # noq
 
 
 def test_the_lm_eval_task_gives_the_same_accuracy_as_adaras_eval(server, tmp_path):
+    pytest.importorskip("lm_eval", reason="lm-eval is the optional `harness` extra: "
+                        "make lm-eval-check installs it and runs this test")
     problems = write_problems(tmp_path / "test.jsonl", generate_split("test", 40, seed=3))
     default = ORGANISM_DEFAULT_ALPHA
     ours = subprocess.run(
