@@ -77,11 +77,3 @@ DEFAULT_ORGANISM = "modes"
 # The arithmetic organism, by the names the pipeline's tests and tools have always used.
 ORGANISM_DIR = ORGANISMS["arith"].model_dir
 ORGANISM_MAP = ORGANISMS["arith"].map_path
-ORGANISM_SERVED_NAME = ORGANISMS["arith"].served_name
-ORGANISM_MAP_NAME = ORGANISMS["arith"].map_name
-EXAMPLE_QUESTION = ORGANISMS["arith"].example_question
-
-
-def organism_model_and_map(name: str = "arith") -> tuple[Path, Path]:
-    """The committed organism ``name`` and its map; FileNotFoundError naming what is missing."""
-    return ORGANISMS[name].files()
