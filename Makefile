@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install serve demo test test-fast bench docker-check lm-eval-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check reliability clean
+.PHONY: install serve demo test test-fast bench docker-check lm-eval-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check reliability mbpp-regrade clean
 
 install: $(STAMP)
 
@@ -36,7 +36,7 @@ demo: install
 
 # Everything, including the real-engine tests (about 10 minutes on 2 CPU cores).
 test: install
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 # Without the tests that start vLLM engines.
 test-fast: install
@@ -53,6 +53,11 @@ bench: install
 	$(PY) benchmarks/paper_vs_ours.py --out out/bench/paper_vs_ours.json
 	$(PY) benchmarks/capture_throughput.py --profile --out out/bench/capture.json
 	$(PY) benchmarks/gate_cost.py --out out/bench/gate_cost.json
+	$(PY) benchmarks/grader_throughput.py
+
+# README "Coding tasks": regrade the paper's MBPP traces with our extraction and sandbox.
+mbpp-regrade: install
+	$(PY) benchmarks/mbpp_regrade.py --out benchmarks/results/mbpp_regrade.json
 
 # On a CUDA machine (make install EXTRAS=gpu,test first): the CUDA-graph test, the oracle
 # tests with vLLM's CUDA defaults (V2 runner, CUDA graphs, async scheduling) and eager, and

@@ -58,6 +58,13 @@ def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
     add(subparsers)
 
 
+def add_code_commands(subparsers: argparse._SubParsersAction) -> None:
+    """`adaras code import|run`: coding problems and the sandbox."""
+    from adaras_vllm.coding.commands import add_code_commands as add
+
+    add(subparsers)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (argparse usage errors exit with 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -90,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_organism_commands(subparsers)
     add_demo_commands(subparsers)
     add_gate_commands(subparsers)
+    add_code_commands(subparsers)
     subparsers.add_parser(
         "serve", add_help=False,
         help="OpenAI-compatible server with steering (all 'vllm serve' arguments apply)",

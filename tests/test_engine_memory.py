@@ -9,8 +9,8 @@ import pytest
 
 from adaras_vllm.engine_memory import (
     FLOOR_BYTES,
-    MIB,
     GIB,
+    MIB,
     choose_kv_cache_bytes,
     fit_engine_memory,
     kv_bytes_per_token,

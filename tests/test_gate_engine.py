@@ -142,7 +142,8 @@ def test_llama_and_tensor_parallel_gates_equal_hf_and_follow_their_decision(othe
     llm, (_, _, prompts, scores, gate) = other_engine
     always = {"steer_alpha": ALPHA, "steer_map": "gated_map"}
     reqs = ([(ids, adaptive(f"t{i}")) for i, ids in enumerate(prompts)]
-            + [(ids, always) for ids in prompts] + [(ids, {"steer_mode": "off"}) for ids in prompts])
+            + [(ids, always) for ids in prompts]
+            + [(ids, {"steer_mode": "off"}) for ids in prompts])
     out = tokens(greedy(llm, reqs, max_tokens=16))
     results = llm.collective_rpc(RESULTS_METHOD, args=(None,))
     assert all(r == results[0] for r in results)  # every rank decided the same

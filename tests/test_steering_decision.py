@@ -116,7 +116,8 @@ def test_a_map_default_above_the_bound_is_refused_at_start_up(monkeypatch):
     monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
     monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "1")
     registry = MapRegistry([_map("strong", 2.0)])
-    with pytest.raises(SteeringParamError, match="map 'strong' default_alpha 2 exceeds the bound 1"):
+    with pytest.raises(SteeringParamError,
+                       match="map 'strong' default_alpha 2 exceeds the bound 1"):
         registry.check_defaults()
 
 

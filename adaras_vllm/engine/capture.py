@@ -396,7 +396,8 @@ def _install_token_features(state: CaptureState, downs: dict[int, nn.Module],
         local = int(getattr(down, "input_size_per_partition", 0) or down.weight.shape[1])
         rank = int(getattr(down, "tp_rank", 0) or 0)
         start = rank * local
-        columns += [(o, layer, n - start) for o, n in per_layer[layer] if start <= n < start + local]
+        columns += [(o, layer, n - start) for o, n in per_layer[layer]
+                    if start <= n < start + local]
     state.token_features = torch.zeros(max_tokens, len(columns), dtype=torch.float32,
                                        device=device)
     state.feature_index = np.asarray([o for o, _, _ in columns], dtype=np.int64)

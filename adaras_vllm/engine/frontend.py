@@ -19,13 +19,13 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
+from .gate import GATE_KEY
 from .params import (
     SteeringParamError,
     SteeringParams,
     is_steering_key,
     merge_request_fields,
 )
-from .gate import GATE_KEY
 from .registry import MapRegistry, active_registry
 from .request_context import HTTP_STEERING, IN_BEAM_SEARCH, HttpSteering
 from .support import check_supported

@@ -42,7 +42,8 @@ def register() -> None:
     _registered = True
     logger.info(
         "adaras: steering installed in process %d (maps: %s; front-end decision, prefix-cache "
-        "keys, scheduler trim for adaptive, model runners); layers are patched when a worker loads the model",
+        "keys, scheduler trim for adaptive, model runners); layers are patched when a worker "
+        "loads the model",
         os.getpid(), ", ".join(registry.names) or "none (capture mode)",
     )
 

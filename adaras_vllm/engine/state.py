@@ -5,8 +5,8 @@ every buffer is allocated once and only ever mutated in place. Once per step, be
 forward, the host writes per-request values (alpha, map id, prompt length); the device
 derives each token's alpha and map id from the batch's own request boundaries and
 positions (vectorised, no Python loop over tokens, no host sync), and one gather + one
-multiply turn them into every steered layer's per-token delta. Invariant: rows past the current step's tokens are zero, so padded
-tokens and ``_dummy_run`` are never steered.
+multiply turn them into every steered layer's per-token delta. Invariant: rows past the
+current step's tokens are zero, so padded tokens and ``_dummy_run`` are never steered.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ def choose_from_file(path: str | Path, any_sign: bool = False) -> dict[str, Any]
     results = json.loads(Path(path).read_text())
     row = choose_setting(results["summary"], any_sign)
     baseline = next(s for s in results["summary"] if s["alpha"] == 0.0)
-    return {"rule": RULE_ANY_SIGN if any_sign else RULE, "map": row["steer_map"], "neurons": _neurons(row["steer_map"]),
+    return {"rule": RULE_ANY_SIGN if any_sign else RULE, "map": row["steer_map"],
+            "neurons": _neurons(row["steer_map"]),
             "alpha": row["alpha"], "accuracy": row["accuracy"], "right_to_wrong":
             row["right_to_wrong"], "wrong_to_right": row["wrong_to_right"],
             "mcnemar_p": row["mcnemar_p"], "baseline_accuracy": baseline["accuracy"],

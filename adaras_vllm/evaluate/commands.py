@@ -51,7 +51,11 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
         "write JSON plus a PNG of accuracy vs alpha.",
     )
     p.add_argument("--problems", type=Path, required=True,
-                   help="JSONL problems: id, question, answer")
+                   help="JSONL problems: math (id, question, answer) or code (id, question, "
+                        "tests; HumanEval's and MBPP's files as they are)")
+    from adaras_vllm.pipeline.commands import add_task_flags
+
+    add_task_flags(p)
     p.add_argument("--alphas", type=_alphas, default=[0.0, 0.1, 0.2, 0.3, 0.5],
                    help="comma-separated, must include 0 (default: 0,0.1,0.2,0.3,0.5)")
     where = p.add_mutually_exclusive_group(required=True)
@@ -80,6 +84,8 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto", help="offline engine dtype")
     p.add_argument("--kv-cache-gib", type=float, default=None, help="offline KV cache size")
     p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="offline: skip torch.compile and CUDA graphs (faster start)")
     p.add_argument("--out", type=Path, default=Path("eval-results.json"),
                    help="results JSON; the plot goes next to it as .png")
     p.set_defaults(func=run_eval)
@@ -87,15 +93,17 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from adaras_vllm.maps import NeuronMap
-    from adaras_vllm.pipeline.traces import read_problems
+    from adaras_vllm.pipeline.tasks import read_task_problems
 
     from .runner import AskSettings, ask_offline, ask_server, settings_grid
     from .summary import format_table, plot_accuracy, summarize, write_results
 
-    problems = read_problems(args.problems)[: args.limit]
+    task, problems = read_task_problems(args.problems, args.task)
+    problems = problems[: args.limit]
     ask = AskSettings(max_tokens=args.max_tokens, temperature=args.temperature,
                       seed=args.seed, prompt_template=args.prompt_template,
-                      answer_pattern=args.answer_pattern)
+                      answer_pattern=args.answer_pattern, task=task,
+                      grader_workers=args.grader_workers, code_block=args.code_block)
     start = time.time()
     if args.server:
         grid = settings_grid(args.alphas, [args.steer_map], args.modes)
@@ -120,6 +128,8 @@ def run_eval(args: argparse.Namespace) -> int:
             engine["kv_cache_memory_bytes"] = int(args.kv_cache_gib * (1 << 30))
         if args.max_num_seqs:
             engine["max_num_seqs"] = args.max_num_seqs
+        if args.enforce_eager:
+            engine["enforce_eager"] = True
         from adaras_vllm.engine_memory import fit_engine_memory
 
         engine = fit_engine_memory(args.model, engine)
@@ -131,10 +141,10 @@ def run_eval(args: argparse.Namespace) -> int:
             graded = ask_offline(args.model, maps, problems, grid, ask, engine_kwargs=engine)
         where = f"{args.model} (offline)"
     summaries = summarize(graded)
-    print(f"{len(problems)} problems from {args.problems}, {where}, "
+    print(f"{len(problems)} {task} problems from {args.problems}, {where}, "
           f"{time.time() - start:.0f} s")
-    print(format_table(summaries))
-    meta = {"problems": str(args.problems), "where": where, "alphas": args.alphas,
+    print(format_table(summaries, metric="pass@1" if task == "code" else "accuracy"))
+    meta = {"problems": str(args.problems), "task": task, "where": where, "alphas": args.alphas,
             "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed,
             "modes": args.modes}
     write_results(args.out, summaries, graded, meta)

@@ -13,9 +13,10 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
-from adaras_vllm.pipeline.generate import label_response
-from adaras_vllm.pipeline.traces import Problem, wrote_thinking
+from adaras_vllm.pipeline.tasks import grade_responses
+from adaras_vllm.pipeline.traces import wrote_thinking
 
 from .summary import Graded
 
@@ -34,6 +35,9 @@ class AskSettings:
     seed: int = 0
     prompt_template: str = "{question}"
     answer_pattern: str | None = None
+    task: str = "math"
+    grader_workers: int | None = None
+    code_block: str = "first"
 
 
 def settings_grid(alphas: Sequence[float], maps: Sequence[str | None],
@@ -56,19 +60,37 @@ def _extra(setting: Setting) -> dict:
     return extra
 
 
-def _grade(problem: Problem, setting: Setting, text: str, tokens: int,
-           ask: AskSettings, gate: dict | None = None) -> Graded:
-    trace = label_response(problem, 0, text, ask.answer_pattern)
-    adaptive = setting.mode == "adaptive"
-    return Graded(problem.id, setting.steer_map, setting.alpha, trace.answer, trace.is_good,
-                  tokens, mode=setting.mode,
-                  steered=bool(gate and gate.get("fired")) if adaptive else None,
-                  gate_score=(gate or {}).get("p_good") if adaptive else None,
-                  thinking=wrote_thinking(text))
+@dataclass(frozen=True)
+class _Answer:
+    """What came back for one (problem, setting), before grading."""
+
+    problem: Any
+    setting: Setting
+    text: str
+    tokens: int
+    gate: dict | None
+
+
+def grade_answers(answers: Sequence[_Answer], ask: AskSettings,
+                  progress: bool = True) -> list[Graded]:
+    """Grade every answer at once (code answers run in the sandbox pool, in parallel)."""
+    traces = grade_responses(ask.task, [(a.problem, 0, a.text) for a in answers],
+                             answer_pattern=ask.answer_pattern, workers=ask.grader_workers,
+                             progress=progress, code_block=ask.code_block)
+    graded = []
+    for a, trace in zip(answers, traces):
+        adaptive = a.setting.mode == "adaptive"
+        graded.append(Graded(
+            a.problem.id, a.setting.steer_map, a.setting.alpha, trace.answer, trace.is_good,
+            a.tokens, mode=a.setting.mode,
+            steered=bool(a.gate and a.gate.get("fired")) if adaptive else None,
+            gate_score=(a.gate or {}).get("p_good") if adaptive else None,
+            thinking=wrote_thinking(a.text), verdict=trace.verdict))
+    return graded
 
 
 def ask_server(
-    base_url: str, problems: Sequence[Problem], grid: Sequence[Setting], ask: AskSettings,
+    base_url: str, problems: Sequence[Any], grid: Sequence[Setting], ask: AskSettings,
     *, model: str | None = None, api_key: str = "EMPTY", concurrency: int = 32,
     progress: bool = True,
 ) -> list[Graded]:
@@ -79,7 +101,7 @@ def ask_server(
         "/v1") else "/v1"), api_key=api_key, max_retries=2, timeout=600)
     model = model or client.models.list().data[0].id
 
-    def one(job: tuple[Problem, Setting]) -> Graded:
+    def one(job: tuple[Any, Setting]) -> _Answer:
         problem, setting = job
         extra = _extra(setting)
         resp = client.chat.completions.create(
@@ -94,16 +116,17 @@ def ask_server(
         audit = (getattr(resp, "model_extra", None) or {}).get("steering") or {}
         gate = ({"fired": audit.get("applied"), "p_good": audit.get("gate_score")}
                 if setting.mode == "adaptive" else None)
-        return _grade(problem, setting, text, resp.usage.completion_tokens, ask, gate)
+        return _Answer(problem, setting, text, resp.usage.completion_tokens, gate)
 
     jobs = [(p, s) for s in grid for p in problems]
     with ThreadPoolExecutor(concurrency) as pool:
-        return list(tqdm(pool.map(one, jobs), total=len(jobs), desc="asking the server",
-                         disable=not progress, unit="answer"))
+        answers = list(tqdm(pool.map(one, jobs), total=len(jobs), desc="asking the server",
+                            disable=not progress, unit="answer"))
+    return grade_answers(answers, ask, progress)
 
 
 def ask_offline(
-    model_dir: str, maps: dict[str, str], problems: Sequence[Problem],
+    model_dir: str, maps: dict[str, str], problems: Sequence[Any],
     grid: Sequence[Setting], ask: AskSettings, *, engine_kwargs: dict | None = None,
     progress: bool = True,
 ) -> list[Graded]:
@@ -137,7 +160,8 @@ def ask_offline(
                  if any(s.mode == "adaptive" for s in grid) else {})
     finally:
         llm.llm_engine.engine_core.shutdown()
-    return [
-        _grade(p, s, o.outputs[0].text, len(o.outputs[0].token_ids), ask, gates.get(f"eval-{i}"))
+    answers = [
+        _Answer(p, s, o.outputs[0].text, len(o.outputs[0].token_ids), gates.get(f"eval-{i}"))
         for i, ((p, s), o) in enumerate(zip(jobs, outputs))
     ]
+    return grade_answers(answers, ask, progress)

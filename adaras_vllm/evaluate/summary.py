@@ -30,6 +30,7 @@ class Graded:
     steered: bool | None = None  # adaptive: whether the gate fired
     gate_score: float | None = None  # adaptive: the gate's p_good
     thinking: bool | None = None  # thinking had content (None: no </think> in the answer)
+    verdict: str | None = None  # code: the sandbox's "status: reason"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class SettingSummary:
     gate_precision: float | None = None  # adaptive: of those steered, share wrong when off
     gate_recall: float | None = None  # adaptive: of those wrong when off, share steered
     thinking_fraction: float | None = None  # share of answers whose thinking has content
+    verdicts: dict[str, int] | None = None  # code: how many ended pass/fail/timeout/error
 
 
 def summarize(graded: Sequence[Graded]) -> list[SettingSummary]:
@@ -96,18 +98,32 @@ def summarize(graded: Sequence[Graded]) -> list[SettingSummary]:
             mode=mode,
             thinking_fraction=(sum(bool(r.thinking) for r in rows) / len(rows)
                                if any(r.thinking is not None for r in rows) else None),
+            verdicts=_verdict_counts(rows),
             **gate,
         ))
     return out
 
 
-def format_table(summaries: Sequence[SettingSummary]) -> str:
+def _verdict_counts(rows: Sequence[Graded]) -> dict[str, int] | None:
+    if not any(r.verdict for r in rows):
+        return None
+    counts: dict[str, int] = {}
+    for r in rows:
+        status = (r.verdict or "error: not graded").split(":", 1)[0]
+        counts[status] = counts.get(status, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def format_table(summaries: Sequence[SettingSummary], metric: str = "accuracy") -> str:
+    """The summary table; `metric` names the share column (pass@1 for code)."""
     with_modes = any(s.mode != "always" for s in summaries)
     with_thinking = any(s.thinking_fraction is not None for s in summaries)
+    with_verdicts = any(s.verdicts for s in summaries)
     lines = [f"{'map':<14} {'alpha':>6} " + (f"{'mode':<9} " if with_modes else "")
-             + f"{'n':>6} {'accuracy':>9} {'95% CI':>17} {'R->W':>5} {'W->R':>5} "
+             + f"{'n':>6} {metric:>9} {'95% CI':>17} {'R->W':>5} {'W->R':>5} "
              f"{'McNemar p':>10} {'tokens':>7}" + (f" {'thinks':>7}" if with_thinking else "")
-             + (f" {'steered':>8} {'gate P':>7} {'gate R':>7}" if with_modes else "")]
+             + (f" {'steered':>8} {'gate P':>7} {'gate R':>7}" if with_modes else "")
+             + ("  verdicts" if with_verdicts else "")]
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
@@ -123,6 +139,8 @@ def format_table(summaries: Sequence[SettingSummary]) -> str:
         if with_modes:
             line += (f" {pct(s.steered_fraction):>8} {pct(s.gate_precision):>7} "
                      f"{pct(s.gate_recall):>7}")
+        if with_verdicts:
+            line += "  " + " ".join(f"{k} {v}" for k, v in (s.verdicts or {}).items())
         lines.append(line)
     return "\n".join(lines)
 

@@ -28,7 +28,7 @@ from adaras_vllm.cli import _positive_int
 
 
 def add_gate_commands(subparsers: argparse._SubParsersAction) -> None:
-    from adaras_vllm.pipeline.commands import add_engine_flags
+    from adaras_vllm.pipeline.commands import add_engine_flags, add_task_flags
 
     gate = subparsers.add_parser("gate", help="train a map's correctness gate (adaptive mode)")
     commands = gate.add_subparsers(dest="gate_command", metavar="GATE_COMMAND", required=True)
@@ -39,7 +39,8 @@ def add_gate_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--neuron-map", type=Path, required=True, metavar="MAP",
                    help="the map the gate is for (its neurons are kept as they are)")
     p.add_argument("--problems", type=Path, required=True,
-                   help="training problems (JSONL: id, question, answer)")
+                   help="training problems (JSONL: math id, question, answer; or code: "
+                        "id, question, tests)")
     p.add_argument("--validation", type=Path,
                    help="validation problems (default: --val-fraction of --problems)")
     p.add_argument("--val-fraction", type=float, default=0.2,
@@ -60,6 +61,7 @@ def add_gate_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-template", default="{question}",
                    help="the user message, as clients will send it (default: the question)")
     p.add_argument("--answer-pattern", metavar="REGEX")
+    add_task_flags(p)
     p.add_argument("--out", type=Path,
                    help="where to write the map with its gate (default: --neuron-map itself)")
     p.set_defaults(func=run_gate_train)
@@ -101,7 +103,7 @@ def run_gate_train(args: argparse.Namespace) -> int:
     from adaras_vllm.maps import NeuronMap
     from adaras_vllm.pipeline.activations import ActivationCapture
     from adaras_vllm.pipeline.commands import engine_kwargs
-    from adaras_vllm.pipeline.traces import read_problems
+    from adaras_vllm.pipeline.tasks import read_task_problems
 
     from .classifier import (
         TrainConfig,
@@ -116,9 +118,9 @@ def run_gate_train(args: argparse.Namespace) -> int:
 
     start = time.time()
     neuron_map = NeuronMap.load(args.neuron_map)
-    problems = read_problems(args.problems)
+    args.task, problems = read_task_problems(args.problems, args.task)
     if args.validation is not None:
-        train, val = problems, read_problems(args.validation)
+        train, val = problems, read_task_problems(args.validation, args.task)[1]
     else:
         train, val = _split(problems, args.val_fraction, args.seed)
     every = train + val
@@ -220,7 +222,7 @@ def _label_and_render(cap: Any, problems: Sequence[Any], given: dict[str, bool] 
     unsteered) answers it correctly (or the given label)."""
     from vllm import SamplingParams
 
-    from adaras_vllm.pipeline.generate import label_response
+    from adaras_vllm.pipeline.tasks import grade_responses
 
     conversations = [[{"role": "user",
                        "content": args.prompt_template.format(question=p.question)}]
@@ -232,8 +234,11 @@ def _label_and_render(cap: Any, problems: Sequence[Any], given: dict[str, bool] 
     if given is not None:
         labels = [given[p.id] for p in problems]
     else:
-        labels = [label_response(p, 0, o.outputs[0].text, args.answer_pattern).is_good
-                  for p, o in zip(problems, outputs)]
+        graded = grade_responses(
+            args.task, [(p, 0, o.outputs[0].text) for p, o in zip(problems, outputs)],
+            answer_pattern=args.answer_pattern, workers=args.grader_workers,
+            code_block=args.code_block)
+        labels = [t.is_good for t in graded]
     good = sum(labels)
     print(f"labels: {good} right, {len(labels) - good} wrong of {len(labels)} "
           f"({'from ' + str(args.labels) if given is not None else 'greedy answers'})",

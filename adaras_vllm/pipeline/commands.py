@@ -33,6 +33,8 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="requests per step (capture: slots of running sums; default 32)")
     g.add_argument("--max-num-batched-tokens", type=_positive_int, metavar="N",
                    help="tokens per step; smaller values force chunked prefill")
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="skip torch.compile and CUDA graphs (faster start, slower steps)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,6 +48,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["kv_cache_memory_bytes"] = int(args.kv_cache_gib * (1 << 30))
     if args.max_num_batched_tokens is not None:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
+    if getattr(args, "enforce_eager", False):
+        kw["enforce_eager"] = True
     from adaras_vllm.engine_memory import fit_engine_memory
 
     return fit_engine_memory(args.model, kw)
@@ -54,7 +58,10 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def add_sampling_flags(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("trace sampling")
     g.add_argument("--problems", type=Path, required=required,
-                   help="JSONL of problems: id, question, answer (the paper's format)")
+                   help="JSONL of problems: math (id, question, answer: the paper's format) "
+                        "or code (id, question, tests; HumanEval's and MBPP's files as "
+                        "they are)")
+    add_task_flags(g)
     g.add_argument("--samples", type=_positive_int, default=8, metavar="N",
                    help="responses sampled per problem (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.6)
@@ -69,6 +76,21 @@ def add_sampling_flags(p: argparse.ArgumentParser, required: bool) -> None:
     g.add_argument("--answer-pattern", metavar="REGEX",
                    help="regex whose last match's group 1 is the final answer "
                         "(default: the last \\boxed{})")
+
+
+def add_task_flags(g: Any) -> None:
+    """--task and --grader-workers: how responses are graded (shared by every grading
+    command)."""
+    g.add_argument("--task", choices=("math", "code"),
+                   help="how answers are graded: math (final answer vs gold, math-verify) or "
+                        "code (the answer's code block run against the tests in a sandbox); "
+                        "default: detected from the problems file")
+    g.add_argument("--grader-workers", type=_positive_int, metavar="N",
+                   help="code: candidates run at once (default: the CPU count)")
+    g.add_argument("--code-block", choices=("first", "last"), default="first",
+                   help="code: which fenced block of the answer is the program: the first "
+                        "(any language tag; the paper's extract_code) or the last ```python "
+                        "block (default: %(default)s)")
 
 
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
@@ -89,7 +111,9 @@ def add_traces_commands(subparsers: argparse._SubParsersAction) -> None:
         "generate", help="sample N responses per problem with vLLM and grade them",
         description="Sample responses through the model's chat template, take the final "
         "answer (last \\boxed{} or --answer-pattern), grade it with math-verify and write "
-        "labelled traces (id, attempt, question, thinking, answer, gold, is_good).",
+        "labelled traces (id, attempt, question, thinking, answer, gold, is_good). For "
+        "coding problems the answer's code runs against the problem's tests in a sandbox "
+        "and each trace also records its verdict.",
     )
     add_engine_flags(gen)
     add_sampling_flags(gen, required=True)
@@ -126,19 +150,24 @@ def add_build_command(maps_commands: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .traces import read_problems, write_traces
+    from .tasks import read_task_problems, verdict_counts
+    from .traces import write_traces
 
-    problems = read_problems(args.problems)
+    task, problems = read_task_problems(args.problems, args.task)
     settings = sampling_settings(args)
-    traces = _sample(args, problems, settings)
+    traces = _sample(args, problems, settings, task)
     write_traces(args.out, traces)
     good = sum(t.is_good for t in traces)
-    print(f"wrote {args.out}: {len(traces)} traces of {len(problems)} problems, "
-          f"{good} good / {len(traces) - good} bad")
+    counts = verdict_counts(traces)
+    detail = (" (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"
+              if counts else "")
+    print(f"wrote {args.out}: {len(traces)} {task} traces of {len(problems)} problems, "
+          f"{good} good / {len(traces) - good} bad{detail}")
     return 0
 
 
-def _sample(args: argparse.Namespace, problems: list, settings: "SamplingSettings") -> list:
+def _sample(args: argparse.Namespace, problems: list, settings: "SamplingSettings",
+            task: str = "math") -> list:
     from vllm import LLM
 
     from .generate import generate_traces
@@ -147,7 +176,9 @@ def _sample(args: argparse.Namespace, problems: list, settings: "SamplingSetting
     start = time.time()
     llm = LLM(args.model, seed=settings.seed, **engine_kwargs(args))
     try:
-        traces = generate_traces(llm, problems, settings)
+        traces = generate_traces(llm, problems, settings, task=task,
+                                 grader_workers=args.grader_workers,
+                                 code_block=args.code_block)
     finally:
         llm.llm_engine.engine_core.shutdown()
     print(f"sampled {len(traces)} traces in {time.time() - start:.0f} s")
@@ -157,7 +188,8 @@ def _sample(args: argparse.Namespace, problems: list, settings: "SamplingSetting
 def _build(args: argparse.Namespace) -> int:
     from .activations import ActivationCapture
     from .build import build_neuron_map, save_built_map
-    from .traces import read_problems, read_traces, write_traces
+    from .tasks import read_task_problems
+    from .traces import read_traces, write_traces
 
     if (args.traces is None) == (args.problems is None):
         raise ValueError("give exactly one of --traces (labelled traces) or --problems "
@@ -169,8 +201,8 @@ def _build(args: argparse.Namespace) -> int:
         traces = read_traces(args.traces)
         source = str(args.traces)
     else:
-        problems = read_problems(args.problems)
-        traces = _sample(args, problems, sampling_settings(args))
+        task, problems = read_task_problems(args.problems, args.task)
+        traces = _sample(args, problems, sampling_settings(args), task)
         traces_out = args.traces_out or args.out.with_name(f"{name}.traces.jsonl")
         write_traces(traces_out, traces)
         source = str(traces_out)

@@ -1,10 +1,11 @@
 """Sample labelled reasoning traces from a model with vLLM.
 
 Each problem is asked ``samples`` times through the model's chat template; each response
-is split into its thinking and its answer, the final answer (last ``\\boxed{}`` or a given
-pattern) is graded against the gold answer with math-verify, and the result is a trace in
+is split into its thinking and its answer and graded (math: the final answer, last
+``\\boxed{}`` or a given pattern, against the gold answer with math-verify; code: the
+answer's code run against the problem's tests in the sandbox), and the result is a trace in
 the format the map builder consumes (``id, attempt, question, thinking, answer, gold,
-is_good``).
+is_good``, plus ``verdict`` for code).
 """
 
 from __future__ import annotations
@@ -62,10 +63,14 @@ def label_response(problem: Problem, attempt: int, text: str, pattern: str | Non
 
 
 def generate_traces(
-    llm: Any, problems: Sequence[Problem], settings: SamplingSettings, progress: bool = True
+    llm: Any, problems: Sequence[Any], settings: SamplingSettings, progress: bool = True,
+    task: str = "math", grader_workers: int | None = None, code_block: str = "first",
 ) -> list[Trace]:
-    """Sample ``settings.samples`` responses per problem with a ``vllm.LLM`` and grade them."""
+    """Sample ``settings.samples`` responses per problem with a ``vllm.LLM`` and grade them
+    (math: the final answer; code: the answer's code against the tests, in the sandbox)."""
     from vllm import SamplingParams
+
+    from .tasks import grade_responses
 
     # No per-request seed: vLLM 0.32's CPU runner crashes on seeded requests whose prompt
     # spans steps ("CPU Generator does not use offset"). The engine is seeded instead
@@ -82,9 +87,9 @@ def generate_traces(
         for p in problems
     ]
     outputs = llm.chat(conversations, params, use_tqdm=progress)
-    traces: list[Trace] = []
-    for problem, out in zip(problems, outputs):
-        for attempt, completion in enumerate(out.outputs):
-            traces.append(label_response(problem, attempt, completion.text,
-                                         settings.answer_pattern))
-    return traces
+    items = [(problem, attempt, completion.text)
+             for problem, out in zip(problems, outputs)
+             for attempt, completion in enumerate(out.outputs)]
+    return grade_responses(task, items, answer_pattern=settings.answer_pattern,
+                           workers=grader_workers, progress=progress,
+                           code_block=code_block)

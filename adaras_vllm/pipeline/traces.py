@@ -55,6 +55,7 @@ class Trace:
     answer: str | None
     gold: str | None
     is_good: bool
+    verdict: str | None = None  # code: "status: reason" from the sandbox; math: None
 
 
 def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -176,12 +177,13 @@ def read_traces(path: str | os.PathLike[str]) -> list[Trace]:
         is_good = line.flag(line.key("is_good", expected="whether the answer was correct"))
         gold = line.optional_text("gold" if "gold" in obj else "gold_answer")
         answer = line.optional_text("answer")
+        verdict = line.optional_text("verdict")
         if (tid, attempt) in seen:
             raise line.error(
                 f"duplicate trace id {tid!r} attempt {attempt} (first on line {seen[tid, attempt]})"
             )
         seen[tid, attempt] = lineno
-        traces.append(Trace(tid, attempt, question, thinking, answer, gold, is_good))
+        traces.append(Trace(tid, attempt, question, thinking, answer, gold, is_good, verdict))
     return traces
 
 
@@ -199,7 +201,10 @@ def write_traces(path: str | os.PathLike[str], traces: Iterable[Trace]) -> None:
             for i, trace in enumerate(traces):
                 if not isinstance(trace, Trace):
                     raise TypeError(f"traces[{i}] must be a Trace, got {type(trace).__name__}")
-                handle.write(json.dumps(asdict(trace), ensure_ascii=False) + "\n")
+                row = asdict(trace)
+                if row["verdict"] is None:  # math traces keep their seven keys
+                    del row["verdict"]
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,427 @@
+"""Run untrusted generated code against its tests, each candidate in a fresh sandbox.
+
+Model-written programs loop forever, fork, allocate without bound, print megabytes, delete
+files and call ``os._exit``; any of them must cost one verdict, never the grader, the
+machine or the user's files. Each candidate runs in a new process started by
+``launcher.py`` (namespaces, chroot, own uid, resource limits: see there), with a wall and a
+CPU time limit, an address-space limit, a cap on what it may print, and a minimal
+environment. The grader reads the verdict the in-sandbox runner writes after the tests; a
+candidate that ends any other way gets a status and a reason from how it ended.
+
+This runs in the CLI commands that grade (traces, maps build, gate train, eval), never in
+the server process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Queue
+
+__all__ = ["ExecResult", "Isolation", "SandboxLimits", "SandboxPool", "SandboxUnavailable",
+           "namespaces_available", "run_candidate"]
+
+_HERE = Path(__file__).resolve().parent
+_LAUNCHER = _HERE / "launcher.py"
+_RUNNER_SOURCE = (_HERE / "candidate_runner.py").read_text(encoding="utf-8")
+STATUSES = ("pass", "fail", "timeout", "error")
+# Per-slot uids for candidates: far above any account a system creates, one per pool slot,
+# so a slot's process limit and its leftovers are its own.
+_BASE_UID = 1_700_000_000
+_GRACE_S = 5.0  # the launcher enforces the wall limit; the grader backs it up after this
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """What one candidate may use. Memory and processes bound a fork+allocate bomb to
+    ``processes × memory_bytes`` per slot."""
+
+    wall_s: float = 10.0
+    cpu_s: float | None = None  # default: the wall limit
+    memory_bytes: int = 1 << 30  # address space of each process
+    processes: int = 8
+    output_bytes: int = 1 << 20
+    file_bytes: int = 16 << 20
+    open_files: int = 64
+    total_memory_bytes: int = 2 << 30  # the whole sandbox, where cgroups are available
+
+    def __post_init__(self) -> None:
+        if not (0 < self.wall_s <= 3600):
+            raise ValueError(f"wall_s must be in (0, 3600] seconds, got {self.wall_s!r}")
+        if self.cpu_s is not None and not (0 < self.cpu_s <= 3600):
+            raise ValueError(f"cpu_s must be in (0, 3600] seconds, got {self.cpu_s!r}")
+        for name in ("memory_bytes", "processes", "output_bytes", "file_bytes", "open_files",
+                     "total_memory_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def with_wall(self, wall_s: float | None) -> SandboxLimits:
+        if wall_s is None:
+            return self
+        from dataclasses import replace
+
+        return replace(self, wall_s=wall_s,
+                       cpu_s=None if self.cpu_s is None else min(self.cpu_s, wall_s))
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What the sandbox could hide, as reported with every result."""
+
+    namespaces: bool  # own mount/PID/network namespaces and a chroot of system dirs only
+    own_uid: bool  # an unprivileged uid per slot (needs root)
+    cgroups: bool = False  # the slot's memory and pids cgroups bound the whole sandbox
+
+    def describe(self) -> str:
+        limit = ", memory+pids cgroup" if self.cgroups else ""
+        if self.namespaces:
+            return ("namespaces: no network, only system directories and Python visible, "
+                    f"{'own uid' if self.own_uid else 'same uid'}{limit}")
+        return (f"process limits only ({'own uid' if self.own_uid else 'same uid as the grader'}"
+                "): network and files are NOT isolated (namespaces need root or CAP_SYS_ADMIN)")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """One candidate's verdict: ``status`` in pass/fail/timeout/error, with why."""
+
+    status: str
+    reason: str
+    seconds: float
+    output: str = ""  # the last bytes of what the candidate printed (stdout then stderr)
+    isolation: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+
+_isolation_lock = threading.Lock()
+_namespaces_work: bool | None = None  # probed once per process, never changed afterwards
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot run candidates safely here; the message says why and what to do."""
+
+
+def _python() -> tuple[str, str]:
+    """The interpreter candidates run on: the base installation, never the project's venv."""
+    prefix = os.path.realpath(sys.base_prefix)
+    exe = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    if not exe.startswith(prefix + os.sep):
+        candidate = Path(prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        exe = str(candidate) if candidate.exists() else exe
+    return exe, prefix
+
+
+def namespaces_available() -> bool:
+    """Whether this process may create the sandbox's namespaces (probed once, with a
+    candidate that does nothing; no candidate's behaviour can change the answer)."""
+    global _namespaces_work
+    with _isolation_lock:
+        if _namespaces_work is None:
+            probe = _launch("", "", None, SandboxLimits(wall_s=30), 0, True)
+            _namespaces_work = probe is not None
+        return _namespaces_work
+
+
+def run_candidate(
+    candidate: str, tests: str, entry_point: str | None = None,
+    limits: SandboxLimits = SandboxLimits(), *, slot: int = 0, isolate: bool | None = None,
+) -> ExecResult:
+    """Run `candidate` then `tests` in a fresh sandbox and say how it went.
+
+    `isolate`: None uses namespaces when this process may create them (probed once) and
+    process limits only otherwise (the result's `isolation` says which); True requires
+    them; False skips them. Without namespaces, root refuses to run a candidate that would
+    keep uid 0.
+    """
+    for name, value in (("candidate", candidate), ("tests", tests)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str of Python source, got {type(value).__name__}")
+    if isolate is None:
+        isolate = namespaces_available()
+    elif isolate and not namespaces_available():
+        raise SandboxUnavailable("isolate=True needs namespaces (root or CAP_SYS_ADMIN) and "
+                                 "the OS refused them; isolate=None falls back to limits only")
+    result = _launch(candidate, tests, entry_point, limits, slot, isolate)
+    if result is None:  # namespaces worked at the probe and not now: never run without them
+        raise SandboxUnavailable("the OS refused the sandbox's namespaces after allowing "
+                                 "them earlier in this process")
+    return result
+
+
+def _cgroup_procs(slot: int, limits: SandboxLimits) -> list[str]:
+    """The slot's memory and pids cgroups (cgroup v1, as root), limits written; [] where
+    they cannot be made. Everything in the sandbox, shared memory and tmpfs included,
+    then counts against `limits.total_memory_bytes`."""
+    if os.geteuid() != 0:
+        return []
+    procs = []
+    settings = {"memory": {"memory.limit_in_bytes": str(limits.total_memory_bytes)},
+                "pids": {"pids.max": str(limits.processes + 2)}}
+    try:
+        for controller, values in settings.items():
+            root = Path("/sys/fs/cgroup") / controller
+            if not (root / "cgroup.procs").is_file():
+                return []
+            group = root / "adaras-sandbox" / f"slot-{slot}"
+            group.mkdir(parents=True, exist_ok=True)
+            for name, value in values.items():
+                (group / name).write_text(value)
+            procs.append(str(group / "cgroup.procs"))
+    except OSError:
+        return []
+    return procs
+
+
+def _launch(candidate: str, tests: str, entry_point: str | None, limits: SandboxLimits,
+            slot: int, isolate: bool) -> ExecResult | None:
+    """One candidate in one sandbox; None when the OS refused the namespaces."""
+    python, prefix = _python()
+    # In a chroot the interpreter is bind-mounted where any uid can run it; without one an
+    # unprivileged uid can only run an interpreter whose path all users may enter.
+    own_uid = os.geteuid() == 0 and (isolate or _runnable_by_others(python))
+    if os.geteuid() == 0 and not own_uid:
+        raise SandboxUnavailable(
+            f"without namespaces a candidate would run as root: {python} is not reachable by "
+            "other users (install Python where all users can run it, or allow namespaces)")
+    cgroups = _cgroup_procs(slot, limits)
+    isolation = Isolation(namespaces=isolate, own_uid=own_uid, cgroups=bool(cgroups))
+    work_dir = None if isolate else tempfile.mkdtemp(prefix="adaras-candidate-")
+    uid = _BASE_UID + slot if own_uid else os.getuid()
+    gid = _BASE_UID + slot if own_uid else os.getgid()
+    if work_dir is not None and own_uid:
+        os.chown(work_dir, uid, gid)
+    status_r, status_w = os.pipe()
+    setup_r, setup_w = os.pipe()
+    token = secrets.token_hex(16)
+    config = {
+        "isolate": isolate, "status_fd": status_w, "setup_fd": setup_w, "python": python,
+        "python_prefix": prefix, "runner_source": _RUNNER_SOURCE, "uid": uid, "gid": gid,
+        "work_dir": work_dir, "wall_s": limits.wall_s,
+        "cpu_s": max(1, round(limits.cpu_s or limits.wall_s)),
+        "memory_bytes": limits.memory_bytes, "processes": limits.processes,
+        "file_bytes": limits.file_bytes, "open_files": limits.open_files,
+        "tmpfs_bytes": max(4 * limits.file_bytes, 64 << 20), "cgroup_procs": cgroups,
+    }
+    payload = json.dumps({"candidate": candidate, "tests": tests, "entry_point": entry_point,
+                          "token": token}).encode()
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", str(_LAUNCHER), json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(status_w, setup_w), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            cwd="/", start_new_session=True,
+        )
+    finally:
+        os.close(status_w)
+        os.close(setup_w)
+    try:
+        streams = _exchange(proc, payload, status_r, setup_r, limits, start)
+    finally:
+        os.close(status_r)
+        os.close(setup_r)
+        if work_dir is not None:
+            _kill_group(proc.pid)
+            shutil.rmtree(work_dir, ignore_errors=True)
+    seconds = time.monotonic() - start
+    news = bytes(streams.setup).decode("utf-8", "replace").strip()
+    if news.startswith("no-namespaces:"):
+        return None
+    if news.startswith("setup-failed:"):
+        raise SandboxUnavailable(f"the sandbox could not be set up: {news[14:].strip()}")
+    return _verdict(streams, proc.returncode, news == "timeout", token, limits, seconds,
+                    isolation.describe())
+
+
+def _runnable_by_others(python: str) -> bool:
+    path = Path(python)
+    dirs_ok = all(os.stat(d).st_mode & 0o001 for d in path.parents)
+    return dirs_ok and os.stat(path).st_mode & 0o005 == 0o005
+
+
+@dataclass
+class _Streams:
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    status: bytearray = field(default_factory=bytearray)
+    setup: bytearray = field(default_factory=bytearray)
+    printed: int = 0
+    over_output: bool = False
+    killed_late: bool = False
+
+
+def _exchange(proc: subprocess.Popen, payload: bytes, status_r: int, setup_r: int,
+              limits: SandboxLimits, start: float) -> _Streams:
+    """Feed the payload, collect output (capped) and the verdict, until everything closes."""
+    assert proc.stdin and proc.stdout and proc.stderr
+    out = _Streams()
+    keep = 16 << 10  # bytes of each stream kept for the report
+    sel = selectors.DefaultSelector()
+    os.set_blocking(proc.stdin.fileno(), False)
+    sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
+    sel.register(proc.stdout.fileno(), selectors.EVENT_READ, "stdout")
+    sel.register(proc.stderr.fileno(), selectors.EVENT_READ, "stderr")
+    sel.register(status_r, selectors.EVENT_READ, "status")
+    sel.register(setup_r, selectors.EVENT_READ, "setup")
+    sent = 0
+    deadline = start + limits.wall_s + _GRACE_S
+    while sel.get_map():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            out.killed_late = True
+            _kill_group(proc.pid)
+            break
+        for key, _ in sel.select(min(remaining, 1.0)):
+            fd = key.fd
+            if key.data == "stdin":
+                try:
+                    sent += os.write(fd, payload[sent:sent + 65536])
+                except BrokenPipeError:
+                    sent = len(payload)
+                if sent >= len(payload):
+                    sel.unregister(fd)
+                    proc.stdin.close()
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                sel.unregister(fd)
+                continue
+            if key.data in ("status", "setup"):
+                buf = out.status if key.data == "status" else out.setup
+                if len(buf) < 1 << 16:
+                    buf += chunk
+                continue
+            buf = out.stdout if key.data == "stdout" else out.stderr
+            out.printed += len(chunk)
+            buf += chunk
+            if len(buf) > 2 * keep:
+                del buf[: len(buf) - keep]
+            if out.printed > limits.output_bytes and not out.over_output:
+                out.over_output = True
+                _kill_group(proc.pid)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream and not stream.closed:
+            stream.close()
+    sel.close()
+    try:
+        proc.wait(timeout=_GRACE_S)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        proc.wait()
+    return out
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(streams: _Streams, n: int = 4000) -> str:
+    text = bytes(streams.stdout).decode("utf-8", "replace")
+    err = bytes(streams.stderr).decode("utf-8", "replace")
+    if err:
+        text = f"{text}\n[stderr]\n{err}" if text else err
+    return text[-n:]
+
+
+def _verdict(streams: _Streams, code: int | None, wall_timeout: bool, token: str,
+             limits: SandboxLimits, seconds: float, isolation: str) -> ExecResult:
+    output = _tail(streams)
+
+    def result(status: str, reason: str) -> ExecResult:
+        return ExecResult(status, reason, round(seconds, 4), output, isolation)
+
+    if streams.over_output:
+        return result("error", f"printed more than {limits.output_bytes} bytes (output cap)")
+    if streams.killed_late or wall_timeout:
+        return result("timeout", f"wall-time limit of {limits.wall_s:g} s exceeded")
+    reported = _reported(streams.status, token)
+    if reported is not None and code == 0:
+        return result(reported["status"], reported["reason"])
+    if code is not None and code > 128:
+        sig = code - 128
+        cpu = limits.cpu_s or limits.wall_s
+        if sig == signal.SIGXCPU:
+            return result("timeout", f"CPU-time limit of {cpu:g} s exceeded")
+        if sig == signal.SIGXFSZ:
+            return result("error", f"wrote a file over {limits.file_bytes} bytes (file cap)")
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        why = " (its memory or process limit?)" if sig == signal.SIGKILL else ""
+        return result("error", f"killed by signal {name}{why}")
+    if "MemoryError" in output:
+        return result("error", f"ran out of its {limits.memory_bytes >> 20} MiB address space "
+                               "(MemoryError)")
+    if streams.status and reported is None:
+        return result("error", "the verdict channel was written to by the candidate")
+    return result("error", f"exited with code {code} before its tests finished "
+                           "(sys.exit, os._exit or a crash)")
+
+
+def _reported(raw: bytearray, token: str) -> dict | None:
+    try:
+        record = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if (not isinstance(record, dict) or record.get("token") != token
+            or record.get("status") not in STATUSES or not isinstance(record.get("reason"), str)):
+        return None
+    return record
+
+
+class SandboxPool:
+    """Runs many candidates at once, at most `workers` sandboxes at a time.
+
+    Each worker owns a slot (its uid), so concurrent candidates never share a process limit.
+    """
+
+    def __init__(self, workers: int | None = None, limits: SandboxLimits = SandboxLimits(),
+                 isolate: bool | None = None):
+        workers = workers if workers is not None else (os.cpu_count() or 1)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        self.workers = workers
+        self.limits = limits
+        self.isolate = isolate
+
+    def run(self, jobs: Sequence[tuple[str, str, str | None, float | None]],
+            progress: Callable[[], None] | None = None) -> list[ExecResult]:
+        """(candidate, tests, entry_point, wall_s or None) per job, results in job order."""
+        slots: Queue[int] = Queue()
+        for i in range(self.workers):
+            slots.put(i)
+
+        def one(job: tuple[str, str, str | None, float | None]) -> ExecResult:
+            slot = slots.get()
+            try:
+                candidate, tests, entry, wall = job
+                return run_candidate(candidate, tests, entry, self.limits.with_wall(wall),
+                                     slot=slot, isolate=self.isolate)
+            finally:
+                slots.put(slot)
+                if progress is not None:
+                    progress()
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(one, jobs))

@@ -1,0 +1,100 @@
+"""The two kinds of problems the pipeline grades: math (a gold answer) and code (tests).
+
+Every command that grades (traces generate, maps build, gate train, eval) reads problems
+and grades responses through this module, so `--task math|code` means the same thing
+everywhere and a problems file's kind is detected the same way when it is not given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .traces import Trace, TraceFormatError, read_problems, split_response
+
+__all__ = ["TASKS", "detect_task", "grade_responses", "read_task_problems", "verdict_counts"]
+
+TASKS = ("math", "code")
+_CODE_KEYS = ("tests", "test_list", "test")
+
+
+def detect_task(path: str | os.PathLike[str]) -> str:
+    """'code' when the first problem has tests (ours, MBPP's or HumanEval's), else 'math'."""
+    from adaras_vllm.coding.problems import _open_lines
+
+    for _, obj in _open_lines(Path(path)):
+        return "code" if any(k in obj for k in _CODE_KEYS) else "math"
+    raise TraceFormatError(f"{path}: no problems in the file")
+
+
+def read_task_problems(path: str | os.PathLike[str], task: str | None = None
+                       ) -> tuple[str, list[Any]]:
+    """(task, problems) of a problems file; `task` None detects it from the file."""
+    if task is None:
+        task = detect_task(path)
+    if task == "math":
+        return task, read_problems(path)
+    if task == "code":
+        from adaras_vllm.coding.problems import read_code_problems
+
+        return task, read_code_problems(path)
+    raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+
+
+def grade_responses(
+    task: str, items: Sequence[tuple[Any, int, str]], *, answer_pattern: str | None = None,
+    workers: int | None = None, progress: bool = True, code_block: str = "first",
+) -> list[Trace]:
+    """(problem, attempt, response text) -> graded traces, in order.
+
+    Math: the final answer (last ``\\boxed{}`` or `answer_pattern`) against the gold answer
+    with math-verify. Code: the answer's code (`extract_code`, its `code_block` rule) run
+    against the problem's tests in the sandbox, `workers` at a time; the trace's `verdict`
+    says how it ended.
+    """
+    if task == "math":
+        from .generate import label_response
+
+        return [label_response(p, attempt, text, answer_pattern) for p, attempt, text in items]
+    if task != "code":
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    from adaras_vllm.coding.problems import CodeProblem, extract_code
+    from adaras_vllm.coding.sandbox import SandboxPool
+
+    jobs = []
+    parts = []
+    for problem, _, text in items:
+        if not isinstance(problem, CodeProblem):
+            raise TypeError(f"task 'code' grades CodeProblem items, got {type(problem).__name__}"
+                            " (is --task right for this problems file?)")
+        thinking, answer = split_response(text)
+        code = extract_code(answer, code_block)
+        parts.append((thinking, code))
+        jobs.append((code, problem.tests, problem.entry_point, problem.timeout_s))
+    results = _run_with_progress(SandboxPool(workers), jobs, progress)
+    return [
+        Trace(id=p.id, attempt=attempt, question=p.question, thinking=thinking, answer=code,
+              gold=None, is_good=r.passed, verdict=f"{r.status}: {r.reason}")
+        for (p, attempt, _), (thinking, code), r in zip(items, parts, results)
+    ]
+
+
+def _run_with_progress(pool: Any, jobs: list, progress: bool) -> list:
+    from tqdm import tqdm
+
+    with tqdm(total=len(jobs), desc="running tests in the sandbox", unit="candidate",
+              disable=not progress or not jobs) as bar:
+        update: Callable[[], None] = lambda: bar.update(1)  # noqa: E731
+        return pool.run(jobs, update)
+
+
+def verdict_counts(traces: Sequence[Trace]) -> dict[str, int]:
+    """How many traces ended pass / fail / timeout / error (code traces only)."""
+    counts: dict[str, int] = {}
+    for t in traces:
+        if t.verdict:
+            status = t.verdict.split(":", 1)[0]
+            counts[status] = counts.get(status, 0) + 1
+    return counts

@@ -1,0 +1,449 @@
+"""The code grader's sandbox: verdicts for honest candidates, containment of hostile ones.
+
+Every hostile candidate here is what model-written code does by accident or on purpose;
+each must cost one verdict and leave the host, its files and its secrets untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from adaras_vllm.coding.sandbox import (
+    ExecResult,
+    SandboxLimits,
+    SandboxPool,
+    SandboxUnavailable,
+    _python,
+    _runnable_by_others,
+    namespaces_available,
+    run_candidate,
+)
+
+PROJECT = Path(__file__).resolve().parents[1]
+QUICK = SandboxLimits(wall_s=3)
+NAMESPACES = namespaces_available()
+needs_namespaces = pytest.mark.skipif(
+    not NAMESPACES, reason="this OS refuses namespaces to this user (needs root or "
+    "CAP_SYS_ADMIN): network and files are not isolated here")
+# Without namespaces root runs candidates only under another uid, which needs an
+# interpreter all users can reach.
+ROOT_WITHOUT_RUNNABLE_PYTHON = os.geteuid() == 0 and not _runnable_by_others(_python()[0])
+needs_fallback = pytest.mark.skipif(
+    ROOT_WITHOUT_RUNNABLE_PYTHON, reason=f"as root, limits-only mode refuses to run: "
+    f"{_python()[0]} is not reachable by other users")
+CGROUPS = "cgroup" in run_candidate("", "").isolation
+
+
+def run(candidate: str, tests: str = "assert True\n", **kw: object) -> ExecResult:
+    kw.setdefault("limits", QUICK)
+    return run_candidate(textwrap.dedent(candidate), textwrap.dedent(tests), **kw)
+
+
+def _processes_of(uid: int) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    pids.append(int(name))
+            except OSError:
+                pass
+    return pids
+
+
+# Honest candidates.
+
+def test_a_correct_candidate_passes() -> None:
+    r = run("def add(a, b):\n    return a + b\n", "assert add(2, 3) == 5\n")
+    assert (r.status, r.reason) == ("pass", "all tests passed")
+
+
+def test_a_failing_assert_is_a_fail_naming_the_assertion_line() -> None:
+    r = run("def add(a, b):\n    return a - b\n",
+            "assert add(1, 1) == 0\nassert add(2, 3) == 5\n")
+    assert r.status == "fail"
+    assert r.reason == "AssertionError (tests.py line 2)"
+
+
+def test_an_exception_raised_by_the_tests_is_a_fail_with_its_type() -> None:
+    r = run("def f(x):\n    return x[10]\n", "assert f([1]) == 1\n")
+    assert r.status == "fail" and r.reason.startswith("IndexError")
+
+
+def test_humaneval_check_is_called_with_the_entry_point() -> None:
+    tests = "def check(candidate):\n    assert candidate(3) == 9\n"
+    assert run("def square(x):\n    return x * x\n", tests, entry_point="square").passed
+    wrong = run("def square(x):\n    return x + x\n", tests, entry_point="square")
+    assert wrong.status == "fail"
+
+
+def test_a_missing_entry_point_is_a_fail_naming_it() -> None:
+    r = run("def other(x):\n    return x\n", "def check(candidate):\n    pass\n",
+            entry_point="square")
+    assert r.status == "fail" and "'square'" in r.reason
+
+
+def test_a_syntax_error_is_an_error_before_the_tests() -> None:
+    r = run("def f(x)\n    return x\n", "assert f(1) == 1\n")
+    assert r.status == "error"
+    assert "SyntaxError" in r.reason and "candidate.py line 1" in r.reason
+
+
+def test_main_guarded_code_of_the_candidate_does_not_run() -> None:
+    r = run("def f():\n    return 1\nif __name__ == '__main__':\n    input()\n",
+            "assert f() == 1\n")
+    assert r.passed
+
+
+def test_the_python_standard_library_is_available() -> None:
+    r = run("import collections, heapq, itertools, math, re\n"
+            "def f():\n    return math.gcd(12, 18)\n", "assert f() == 6\n")
+    assert r.passed
+
+
+# Hostile candidates.
+
+def test_an_infinite_loop_is_a_timeout_at_the_wall_limit() -> None:
+    r = run("while True:\n    pass\n")
+    assert r.status == "timeout" and "3 s" in r.reason
+    assert r.seconds < QUICK.wall_s + 2
+
+
+def test_a_sleeping_candidate_is_a_timeout_at_the_wall_limit() -> None:
+    r = run("import time\ntime.sleep(60)\n")
+    assert r.status == "timeout" and "wall-time" in r.reason
+
+
+def test_cpu_time_is_limited_separately_from_wall_time() -> None:
+    r = run("while True:\n    pass\n", limits=SandboxLimits(wall_s=20, cpu_s=1))
+    assert r.status == "timeout" and "CPU-time limit of 1 s" in r.reason
+
+
+def test_a_fork_bomb_is_contained_and_leaves_no_process_behind() -> None:
+    slot = 5
+    r = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
+            "        pass\n", slot=slot)
+    assert r.status in ("timeout", "error")
+    if os.geteuid() == 0:  # candidates of slot 5 run as their own uid
+        assert _processes_of(1_700_000_000 + slot) == []
+    assert run("assert True\n", slot=slot).passed  # the slot still works
+
+
+def test_a_process_count_limit_stops_forking() -> None:
+    r = run("""
+        import os, sys
+        children = 0
+        try:
+            for _ in range(64):
+                if os.fork() == 0:
+                    import time; time.sleep(5); os._exit(0)
+                children += 1
+        except OSError as e:
+            print("refused after", children)
+            sys.exit(0)
+        """, limits=SandboxLimits(wall_s=3, processes=4))
+    assert "refused after" in r.output
+    assert int(r.output.split("refused after")[1].split()[0]) <= 4
+
+
+def test_a_memory_bomb_is_an_error_not_an_out_of_memory_kill() -> None:
+    r = run("block = bytearray(64 << 30)\n")
+    assert r.status == "error" and "MemoryError" in r.reason
+
+
+def test_a_growing_memory_bomb_stops_at_the_address_space_limit() -> None:
+    r = run("keep = []\nwhile True:\n    keep.append(bytearray(16 << 20))\n",
+            limits=SandboxLimits(wall_s=5, memory_bytes=256 << 20))
+    assert r.status == "error" and "MemoryError" in r.reason
+
+
+def test_huge_output_is_cut_at_the_cap_and_reported() -> None:
+    r = run("while True:\n    print('x' * 10000)\n",
+            limits=SandboxLimits(wall_s=5, output_bytes=100_000))
+    assert r.status == "error" and "output cap" in r.reason
+    assert len(r.output) <= 4000
+
+
+def test_os_exit_zero_before_the_tests_is_not_a_pass() -> None:
+    r = run("import os\nos._exit(0)\n", "assert False\n")
+    assert r.status == "error" and "before its tests finished" in r.reason
+
+
+def test_sys_exit_zero_is_not_a_pass() -> None:
+    assert run("import sys\nsys.exit(0)\n", "assert False\n").status == "error"
+    assert run("def f():\n    return 1\n", "import sys\nsys.exit(0)\n").status == "fail"
+
+
+def test_a_forged_verdict_on_the_status_channel_is_not_believed() -> None:
+    r = run("""
+        import os, json
+        os.write(3, json.dumps({"token": "guess", "status": "pass", "reason": "ok"}).encode())
+        os._exit(0)
+        """, "assert False\n")
+    assert r.status == "error"
+
+
+@pytest.mark.parametrize("code", [124, 125, 126])
+def test_exit_codes_cannot_speak_for_the_sandbox(code: int) -> None:
+    r = run(f"import os\nos._exit({code})\n", "assert False\n")
+    assert r.status == "error" and f"exited with code {code}" in r.reason
+    assert run("x = 1\n").isolation == run_candidate("", "").isolation  # still isolated
+
+
+def test_patching_builtins_does_not_change_how_the_tests_run() -> None:
+    patches = [
+        "import builtins\n_e = builtins.exec\nbuiltins.exec = lambda *a, **k: None\n",
+        "import builtins\nbuiltins.AssertionError = KeyError\n",
+        "__builtins__['callable'] = lambda o: False\n",
+        "import json\n_d = json.dumps\n"
+        "json.dumps = lambda o, **k: _d({**o, 'status': 'pass'})\n",
+    ]
+    for patch in patches:
+        r = run(patch + "def add(a, b):\n    return a - b\n",
+                "def check(candidate):\n    assert candidate(1, 1) == 2\n", entry_point="add")
+        assert r.status == "fail", (patch, r)
+
+
+@needs_namespaces
+def test_system_v_shared_memory_is_off() -> None:
+    r = run("""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        print(libc.shmget(0, ctypes.c_size_t(256 << 20), 0o1000 | 0o600))
+        """)
+    assert r.output.split() == ["-1"]
+
+
+@pytest.mark.skipif(not CGROUPS, reason="no writable memory/pids cgroups here")
+def test_memory_no_address_space_limit_sees_is_bounded_by_the_cgroup() -> None:
+    r = run("""
+        import os, time
+        for _ in range(6):
+            if os.fork() == 0:
+                break
+        try:
+            for i in range(60):
+                fd = os.memfd_create(f"m{i}")
+                for _ in range(16):
+                    os.write(fd, b"x" * (1 << 20))
+        except OSError:
+            pass
+        time.sleep(2)
+        """, limits=SandboxLimits(wall_s=10, total_memory_bytes=512 << 20))
+    assert r.status == "error" and "SIGKILL" in r.reason
+
+
+@needs_namespaces
+def test_the_sandbox_init_and_host_processes_are_hidden() -> None:
+    r = run("""
+        import os
+        print(sorted(p for p in os.listdir('/proc') if p.isdigit()) == [str(os.getpid())])
+        print(os.path.exists('/proc/1/cmdline'))
+        """)
+    assert r.output.split() == ["True", "False"]
+
+
+@needs_namespaces
+def test_etc_holds_only_what_programs_need() -> None:
+    r = run("import os\nprint(sorted(os.listdir('/etc')))\n")
+    assert "passwd" in r.output and "hostname" not in r.output and "shadow" not in r.output
+
+
+def test_environment_secrets_are_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "adaras-test-secret-4be1c2"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("ADARAS_TEST_SECRET", secret)
+    r = run("""
+        import os
+        print(dict(os.environ))
+        for pid in os.listdir('/proc'):
+            if pid.isdigit():
+                try:
+                    print(open(f'/proc/{pid}/environ', 'rb').read())
+                except OSError as e:
+                    print(pid, type(e).__name__)
+        """)
+    assert secret not in r.output
+    assert "OPENAI_API_KEY" not in r.output
+    assert r.passed
+
+
+@needs_namespaces
+def test_a_socket_cannot_reach_a_server_on_the_host() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(4)
+    port = server.getsockname()[1]
+    connected: list[bool] = []
+
+    def accept() -> None:
+        try:
+            server.accept()
+            connected.append(True)
+        except OSError:
+            pass
+
+    listener = threading.Thread(target=accept)
+    listener.start()
+    r = run(f"""
+        import socket
+        s = socket.socket()
+        s.settimeout(2)
+        s.connect(('127.0.0.1', {port}))
+        """)
+    listener.join()
+    server.close()
+    assert connected == []
+    assert r.status == "error" and ("ConnectionRefused" in r.reason or "OSError" in r.reason)
+
+
+@needs_namespaces
+def test_no_network_interface_is_up() -> None:
+    r = run("""
+        import socket
+        try:
+            socket.create_connection(('1.1.1.1', 80), timeout=2)
+            print('reached')
+        except OSError as e:
+            print('unreachable', e.errno)
+        """)
+    assert "unreachable" in r.output and "reached\n" not in r.output
+
+
+@needs_namespaces
+def test_the_project_files_are_not_visible() -> None:
+    r = run(f"""
+        import os
+        print(os.path.exists({str(PROJECT / 'README.md')!r}))
+        print(os.path.exists({str(PROJECT)!r}))
+        print(os.path.exists('/root/.bashrc'), os.path.exists('/home'))
+        """)
+    assert r.output.split() == ["False", "False", "False", "False"]
+
+
+@needs_namespaces
+def test_writing_outside_the_work_dir_leaves_nothing_on_the_host(tmp_path: Path) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)  # not permissions: the directory must be out of reach
+    targets = [open_dir / "pwned.txt", PROJECT / "pwned.txt", Path("/etc/pwned.txt"),
+               Path("/usr/pwned.txt")]
+    r = run(f"""
+        import os
+        for path in {[str(t) for t in targets]!r}:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, 'w') as f:
+                    f.write('pwned')
+                print('wrote', path)
+            except OSError as e:
+                print('refused', path, type(e).__name__)
+        with open('scratch.txt', 'w') as f:
+            f.write('fine')
+        """)
+    assert not any(t.exists() for t in targets)
+    assert "refused" in r.output and r.passed
+
+
+@needs_namespaces
+def test_deleting_files_cannot_touch_the_host(tmp_path: Path) -> None:
+    keep = tmp_path / "keep.txt"
+    keep.write_text("still here")
+    tmp_path.chmod(0o777)
+    keep.chmod(0o666)
+    r = run(f"""
+        import os, shutil
+        for path in [{str(keep)!r}, '/etc/hostname', '/usr/bin/env']:
+            try:
+                os.remove(path)
+            except OSError as e:
+                print('refused', type(e).__name__)
+        shutil.rmtree({str(PROJECT / 'adaras_vllm')!r}, ignore_errors=True)
+        shutil.rmtree('/usr', ignore_errors=True)
+        """)
+    assert keep.read_text() == "still here"
+    assert (PROJECT / "adaras_vllm" / "coding" / "sandbox.py").exists()
+    assert Path("/usr/bin/env").exists()
+    assert r.output.count("refused") == 3
+
+
+@needs_namespaces
+def test_each_candidate_gets_a_fresh_empty_work_dir() -> None:
+    first = run("open('left.txt', 'w').write('x')\nimport os\nprint(os.getcwd())\n")
+    second = run("import os\nprint(sorted(os.listdir('.')), os.getcwd())\n")
+    assert first.passed and second.passed
+    assert second.output.split()[0] == "[]"
+
+
+@pytest.mark.skipif(not ROOT_WITHOUT_RUNNABLE_PYTHON, reason="the interpreter is reachable")
+def test_without_namespaces_root_never_runs_a_candidate_as_root() -> None:
+    with pytest.raises(SandboxUnavailable, match="would run as root"):
+        run("x = 1\n", isolate=False)
+
+
+@needs_fallback
+def test_without_namespaces_the_work_dir_is_removed_afterwards() -> None:
+    r = run("import os\nopen('left.txt', 'w').write('x')\nprint(os.getcwd())\n",
+            isolate=False)
+    work_dir = Path(r.output.strip())
+    assert r.passed and work_dir.name.startswith("adaras-candidate-")
+    assert not work_dir.exists()
+    assert "NOT isolated" in r.isolation
+
+
+@needs_fallback
+def test_without_namespaces_limits_still_apply() -> None:
+    assert run("while True:\n    pass\n", isolate=False).status == "timeout"
+    assert run("x = bytearray(64 << 30)\n", isolate=False).status == "error"
+    assert run("import os\nos._exit(0)\n", "assert False\n", isolate=False).status == "error"
+
+
+def test_the_result_says_how_the_candidate_was_isolated() -> None:
+    r = run("x = 1\n")
+    if NAMESPACES:
+        assert r.isolation.startswith("namespaces: no network")
+    else:
+        assert "NOT isolated" in r.isolation
+    assert ("memory+pids cgroup" in r.isolation) == CGROUPS
+
+
+# The pool.
+
+def test_the_pool_returns_results_in_job_order() -> None:
+    jobs = [(f"def f():\n    return {i}\n", f"assert f() == {i if i % 2 else -1}\n", None, 3.0)
+            for i in range(6)]
+    results = SandboxPool(workers=2).run(jobs)
+    assert [r.status for r in results] == ["fail", "pass"] * 3
+
+
+def test_the_pool_applies_each_jobs_own_time_limit() -> None:
+    jobs = [("import time\ntime.sleep(30)\n", "assert True\n", None, 1.0),
+            ("x = 1\n", "assert x == 1\n", None, None)]
+    slow, quick = SandboxPool(workers=2, limits=QUICK).run(jobs)
+    assert slow.status == "timeout" and "1 s" in slow.reason
+    assert quick.passed
+
+
+def test_bad_limits_are_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="wall_s must be in"):
+        SandboxLimits(wall_s=0)
+    with pytest.raises(ValueError, match="memory_bytes must be a positive integer"):
+        SandboxLimits(memory_bytes=-1)
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        SandboxPool(workers=0)
+
+
+def test_the_server_process_never_imports_the_sandbox() -> None:
+    out = subprocess.run(
+        [os.sys.executable, "-c", "import sys, server.app; "
+         "print('adaras_vllm.coding.sandbox' in sys.modules)"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
