@@ -29,6 +29,7 @@ from mbpp_regrade import DEFAULT_TRACES, question_asserts  # noqa: E402
 
 from adaras_vllm.coding.problems import extract_code  # noqa: E402
 from adaras_vllm.coding.sandbox import (  # noqa: E402
+    Job,
     SandboxLimits,
     SandboxPool,
     SandboxUnavailable,
@@ -43,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wall-s", type=float, default=10.0)
     args = ap.parse_args(argv)
     rows = [json.loads(line) for line in args.traces.read_text().splitlines() if line.strip()]
-    jobs = [(extract_code(r["answer_content"]), question_asserts(r["question"]), None, None)
+    jobs = [Job(extract_code(r["answer_content"]), question_asserts(r["question"]))
             for r in rows] * args.rounds
     print(f"{len(jobs)} candidates ({len(rows)} paper MBPP answers x {args.rounds}), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
-    trivial = [("def f():\n    return 1\n", "assert f() == 1\n", None, None)] * len(jobs)
+    trivial = [Job("def f():\n    return 1\n", "assert f() == 1\n")] * len(jobs)
     print(f"{'workload':<11} {'isolation':<12} {'workers':>7} {'seconds':>8} {'cand/s':>7}  "
           "statuses")
     for name, work in (("paper MBPP", jobs), ("trivial", trivial)):

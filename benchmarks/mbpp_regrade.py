@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from adaras_vllm.coding.problems import extract_code  # noqa: E402
-from adaras_vllm.coding.sandbox import SandboxLimits, SandboxPool  # noqa: E402
+from adaras_vllm.coding.sandbox import Job, SandboxLimits, SandboxPool  # noqa: E402
 
 DEFAULT_TRACES = (REPO.parent / "shared" / "reference" / "adaras-paper" / "data" / "Mbpp"
                   / "Mbpp_results_Qwen3-32B_filtered.jsonl")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     same_last = [extract_code(r["answer_content"], "last").strip() == r["extract_code"].strip()
                  for r in rows]
     pool = SandboxPool(args.workers, SandboxLimits(wall_s=10))
-    jobs = [(code, question_asserts(r["question"]), None, None) for code, r in zip(ours, rows)]
+    jobs = [Job(code, question_asserts(r["question"])) for code, r in zip(ours, rows)]
     start = time.monotonic()
     results = pool.run(jobs)
     seconds = time.monotonic() - start

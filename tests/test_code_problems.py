@@ -45,7 +45,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def test_our_format_round_trips_with_optional_keys(tmp_path: Path) -> None:
     problems = [CodeProblem("a", "Write f.", "assert f() == 1\n"),
-                CodeProblem("b", "Write g.", "def check(c):\n    pass\n", "g", 2.5)]
+                CodeProblem("b", "Write g.", "def check(c):\n    pass\n", "g", 2.5,
+                            "import math\n")]
     write_code_problems(tmp_path / "p.jsonl", problems)
     assert read_code_problems(tmp_path / "p.jsonl") == problems
     first = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
@@ -55,7 +56,7 @@ def test_our_format_round_trips_with_optional_keys(tmp_path: Path) -> None:
 def test_humaneval_lines_are_read_as_they_are(tmp_path: Path) -> None:
     [p] = read_code_problems(write_jsonl(tmp_path / "he.jsonl", [HUMANEVAL_LINE]))
     assert p == CodeProblem("HumanEval/0", HUMANEVAL_LINE["prompt"], HUMANEVAL_LINE["test"],
-                            "square")
+                            "square", setup=HUMANEVAL_LINE["prompt"])
 
 
 def test_mbpp_lines_become_the_paper_question_and_setup_plus_asserts(tmp_path: Path) -> None:
@@ -111,6 +112,31 @@ def test_the_task_is_detected_from_the_first_problem(tmp_path: Path) -> None:
         assert detect_task(write_jsonl(tmp_path / f"{name}.jsonl", [row])) == "code"
     task, problems = read_task_problems(math)
     assert task == "math" and problems[0].answer == "2"
+
+
+def test_a_task_the_file_contradicts_is_refused_naming_both(tmp_path: Path) -> None:
+    code = write_jsonl(tmp_path / "he.jsonl", [HUMANEVAL_LINE])
+    with pytest.raises(ValueError, match=r"--task math but .*he.jsonl holds code problems"):
+        read_task_problems(code, "math")
+    math = write_jsonl(tmp_path / "m.jsonl", [{"id": 1, "question": "q", "answer": "2"}])
+    with pytest.raises(ValueError, match=r"--task code but .*m.jsonl holds math problems"):
+        read_task_problems(math, "code")
+
+
+def test_an_empty_problems_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(TraceFormatError, match="no problems in the file"):
+        read_task_problems(tmp_path / "empty.jsonl", "code")
+
+
+def test_gzipped_problem_files_are_read(tmp_path: Path) -> None:
+    import gzip
+
+    for name, row in (("he", HUMANEVAL_LINE), ("m", {"id": 1, "question": "q", "answer": "2"})):
+        with gzip.open(tmp_path / f"{name}.jsonl.gz", "wt") as handle:
+            handle.write(json.dumps(row) + "\n")
+    assert read_task_problems(tmp_path / "he.jsonl.gz")[0] == "code"
+    assert read_task_problems(tmp_path / "m.jsonl.gz")[1][0].answer == "2"
 
 
 def test_an_unknown_task_is_refused_naming_the_choices(tmp_path: Path) -> None:
@@ -220,3 +246,24 @@ def test_code_run_names_an_unknown_problem_id(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "he.jsonl", [HUMANEVAL_LINE])
     out = _adaras("code", "run", "--problems", str(src), "--id", "nope", "-", stdin="x")
     assert out.returncode == 1 and "--id 'nope' is not in" in out.stderr
+
+
+def test_eval_grades_code_answers_from_either_path_with_verdicts() -> None:
+    from adaras_vllm.evaluate.runner import AskSettings, Setting, _Answer, grade_answers
+    from adaras_vllm.evaluate.summary import format_table, summarize
+
+    problem = CodeProblem("p", "Write f.", "assert f() == 1\n")
+    answers = [
+        _Answer(problem, Setting(None, 0.0, "off"), "```python\ndef f():\n    return 2\n```",
+                7, None),
+        _Answer(problem, Setting("m", 0.3, "always"), "```python\ndef f():\n    return 1\n```",
+                9, None),
+    ]
+    graded = grade_answers(answers, AskSettings(task="code"), progress=False)
+    assert [g.correct for g in graded] == [False, True]
+    assert graded[0].verdict.startswith("fail: AssertionError")
+    summaries = summarize(graded)
+    assert [s.verdicts for s in summaries] == [{"fail": 1}, {"pass": 1}]
+    assert summaries[1].wrong_to_right == 1
+    table = format_table(summaries, metric="pass@1")
+    assert "pass@1" in table and "verdicts" in table

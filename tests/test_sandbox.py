@@ -17,6 +17,7 @@ import pytest
 
 from adaras_vllm.coding.sandbox import (
     ExecResult,
+    Job,
     SandboxLimits,
     SandboxPool,
     SandboxUnavailable,
@@ -190,11 +191,28 @@ def test_a_forged_verdict_on_the_status_channel_is_not_believed() -> None:
     assert r.status == "error"
 
 
-@pytest.mark.parametrize("code", [124, 125, 126])
+@pytest.mark.parametrize("code", [1, 124, 125, 126, 137, 152, 153])
 def test_exit_codes_cannot_speak_for_the_sandbox(code: int) -> None:
     r = run(f"import os\nos._exit({code})\n", "assert False\n")
     assert r.status == "error" and f"exited with code {code}" in r.reason
     assert run("x = 1\n").isolation == run_candidate("", "").isolation  # still isolated
+
+
+def test_a_candidate_signalling_itself_is_not_taken_for_a_limit() -> None:
+    for sig in ("SIGXCPU", "SIGKILL"):
+        r = run(f"import os, signal\nos.kill(os.getpid(), signal.{sig})\n")
+        assert (r.status, r.reason) == ("error", f"killed by signal {sig}")
+    said = run("import os\nprint('MemoryError', flush=True)\nos._exit(1)\n")
+    assert "address space" not in said.reason
+
+
+def test_garbage_on_the_verdict_channel_cannot_crash_the_pool() -> None:
+    jobs = [Job("x = 1\n", "assert x == 1\n"),
+            Job("import os\nos.write(3, b'[' * 70000)\n", "assert True\n"),
+            Job("import os\nos.write(3, b'{\"a\":' * 40000)\n", "assert True\n"),
+            Job("x = 1\n", "assert x == 1\n")]
+    results = SandboxPool(workers=2, limits=QUICK).run(jobs)
+    assert [r.status for r in results] == ["pass", "error", "error", "pass"]
 
 
 def test_patching_builtins_does_not_change_how_the_tests_run() -> None:
@@ -237,7 +255,8 @@ def test_memory_no_address_space_limit_sees_is_bounded_by_the_cgroup() -> None:
             pass
         time.sleep(2)
         """, limits=SandboxLimits(wall_s=10, total_memory_bytes=512 << 20))
-    assert r.status == "error" and "SIGKILL" in r.reason
+    assert r.status == "error" and r.reason == ("killed by signal SIGKILL at the sandbox's "
+                                                "memory limit")
 
 
 @needs_namespaces
@@ -256,23 +275,35 @@ def test_etc_holds_only_what_programs_need() -> None:
     assert "passwd" in r.output and "hostname" not in r.output and "shadow" not in r.output
 
 
-def test_environment_secrets_are_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_graders_environment_is_not_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "adaras-test-secret-4be1c2"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     monkeypatch.setenv("ADARAS_TEST_SECRET", secret)
-    r = run("""
-        import os
-        print(dict(os.environ))
-        for pid in os.listdir('/proc'):
-            if pid.isdigit():
-                try:
-                    print(open(f'/proc/{pid}/environ', 'rb').read())
-                except OSError as e:
-                    print(pid, type(e).__name__)
-        """)
-    assert secret not in r.output
-    assert "OPENAI_API_KEY" not in r.output
+    r = run("import os\nprint(dict(os.environ))\n")
     assert r.passed
+    assert secret not in r.output and "OPENAI_API_KEY" not in r.output
+    assert "PATH" in r.output
+
+
+@needs_namespaces
+def test_other_processes_environments_are_not_readable() -> None:
+    secret = "adaras-test-secret-7d0e55"
+    holder = subprocess.Popen(["sleep", "30"], env={"ADARAS_TEST_SECRET": secret})
+    try:
+        assert secret in Path(f"/proc/{holder.pid}/environ").read_text()  # it is there
+        r = run(f"""
+            import os
+            for pid in os.listdir('/proc') + ['{holder.pid}', '1']:
+                if pid.isdigit():
+                    try:
+                        print(open(f'/proc/{{pid}}/environ', 'rb').read())
+                    except OSError as e:
+                        print(pid, type(e).__name__)
+            """)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.passed and secret not in r.output
 
 
 @needs_namespaces
@@ -412,21 +443,21 @@ def test_the_result_says_how_the_candidate_was_isolated() -> None:
         assert r.isolation.startswith("namespaces: no network")
     else:
         assert "NOT isolated" in r.isolation
-    assert ("memory+pids cgroup" in r.isolation) == CGROUPS
+
 
 
 # The pool.
 
 def test_the_pool_returns_results_in_job_order() -> None:
-    jobs = [(f"def f():\n    return {i}\n", f"assert f() == {i if i % 2 else -1}\n", None, 3.0)
-            for i in range(6)]
+    jobs = [Job(f"def f():\n    return {i}\n", f"assert f() == {i if i % 2 else -1}\n",
+                wall_s=3.0) for i in range(6)]
     results = SandboxPool(workers=2).run(jobs)
     assert [r.status for r in results] == ["fail", "pass"] * 3
 
 
 def test_the_pool_applies_each_jobs_own_time_limit() -> None:
-    jobs = [("import time\ntime.sleep(30)\n", "assert True\n", None, 1.0),
-            ("x = 1\n", "assert x == 1\n", None, None)]
+    jobs = [Job("import time\ntime.sleep(30)\n", "assert True\n", wall_s=1.0),
+            Job("x = 1\n", "assert x == 1\n")]
     slow, quick = SandboxPool(workers=2, limits=QUICK).run(jobs)
     assert slow.status == "timeout" and "1 s" in slow.reason
     assert quick.passed
@@ -447,3 +478,32 @@ def test_the_server_process_never_imports_the_sandbox() -> None:
          "print('adaras_vllm.coding.sandbox' in sys.modules)"],
         cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
+
+
+def test_the_problems_setup_runs_before_the_candidate() -> None:
+    setup = ("from typing import List\n\ndef helper(x):\n    return x * 2\n\n"
+             "def twice(x: List[int]):\n    \"\"\"stub\"\"\"\n")
+    candidate = "def twice(x: List[int]):\n    return [helper(v) for v in x]\n"
+    tests = "def check(candidate):\n    assert candidate([1, 2]) == [2, 4]\n"
+    assert run(candidate, tests, entry_point="twice", setup=setup).passed
+    stub_only = run("", tests, entry_point="twice", setup=setup)
+    assert stub_only.status == "fail"
+    broken = run(candidate, tests, entry_point="twice", setup="raise ImportError('x')\n")
+    assert broken.status == "error" and "setup code failed" in broken.reason
+
+
+def test_concurrent_graders_never_share_a_slot() -> None:
+    import fcntl
+    import tempfile
+
+    locks = Path(tempfile.gettempdir()) / f"adaras-sandbox-{os.geteuid()}"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    held = os.open(locks / "slot-3.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another grader is using slot 3
+    try:
+        r = run("import os\nprint(os.getuid())\n", slot=3)
+    finally:
+        os.close(held)
+    if os.geteuid() == 0:
+        assert int(r.output.split()[0]) != 1_700_000_000 + 3
+    assert r.passed

@@ -1,7 +1,8 @@
 """Runs inside the sandbox (passed to ``python -I -c``): the candidate, then its tests.
 
 Stdlib only, no project imports (the project is not visible in there). The payload arrives
-on stdin as JSON: ``candidate``, ``tests``, ``entry_point`` and ``token``. The verdict goes
+on stdin as JSON: ``setup`` (the problem's own code, e.g. HumanEval's prompt with its
+imports and helpers), ``candidate``, ``tests``, ``entry_point`` and ``token``. The verdict goes
 to file descriptor 3 as one JSON line carrying the token, written only after the tests
 finish, so a candidate that leaves early (``sys.exit(0)``, ``os._exit(0)``) is never counted
 as a pass: the grader then reports how it ended instead.
@@ -53,8 +54,14 @@ def _main() -> None:
         status.flush()
 
     candidate, tests, entry = payload["candidate"], payload["tests"], payload.get("entry_point")
+    setup = payload.get("setup") or ""
     del payload
     namespace = {"__name__": "candidate", "__builtins__": dict(_PRISTINE)}
+    try:
+        _exec(_compile(setup, "setup.py", "exec"), namespace)
+    except _BaseException as e:  # noqa: BLE001
+        verdict("error", "the problem's setup code failed: " + _reason(e, "setup.py"))
+        return
     try:
         _exec(_compile(candidate, "candidate.py", "exec"), namespace)
     except _BaseException as e:  # noqa: BLE001 - every way the candidate fails is reported

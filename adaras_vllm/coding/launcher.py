@@ -26,11 +26,11 @@ Without isolation (no privileges) the same limits and a minimal environment appl
 working directory the grader removes; network and files are then not hidden, and the
 grader reports that.
 
-Exit status: the candidate's own exit code, or 128+N when it was killed by signal N; it
-means nothing about the sandbox. The launcher's own news goes to the grader on a separate
-close-on-exec pipe that the candidate never holds, one line: ``timeout`` (the wall limit
-expired), ``no-namespaces: REASON`` or ``setup-failed: REASON``; nothing when the
-candidate ran and ended by itself.
+Exit status: the candidate's own exit code; it means nothing about the sandbox. The
+launcher's own news goes to the grader on a separate close-on-exec pipe that the candidate
+never holds, one line: ``timeout`` (the wall limit expired), ``signal N`` (the kernel or a
+limit killed the candidate), ``no-namespaces: REASON`` or ``setup-failed: REASON``;
+nothing when the candidate exited by itself.
 """
 
 from __future__ import annotations
@@ -182,9 +182,14 @@ def _become_candidate(cfg: dict, status_fd: int, isolated: bool) -> None:
     os.execve(python, [python, "-I", "-c", cfg["runner_source"]], env)
 
 
-def _exit_code(status: int) -> int:
+def _exit_code(cfg: dict, status: int, usage: resource.struct_rusage | None) -> int:
+    """The candidate's exit code; a death by signal is told on the setup channel with the
+    CPU seconds the candidate used, so a candidate that signals itself cannot pass for a
+    CPU-time limit."""
     if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
+        cpu = usage.ru_utime + usage.ru_stime if usage is not None else -1.0
+        _tell(cfg, f"signal {os.WTERMSIG(status)} cpu {cpu:.3f}")
+        return 1
     return os.WEXITSTATUS(status)
 
 
@@ -226,12 +231,12 @@ def _namespace_init(cfg: dict, status_fd: int) -> None:
     os.close(status_fd)
     while True:  # reap orphans until the candidate itself ends
         try:
-            done, status = os.wait()
+            done, status, usage = os.wait4(-1, 0)
         except ChildProcessError:
             os._exit(_EXIT_SETUP)
         if done == pid:
             # Leaving kills every other process of the namespace.
-            os._exit(_exit_code(status))
+            os._exit(_exit_code(cfg, status, usage))
 
 
 def _wait(cfg: dict, pid: int, wall_s: float, group: bool) -> int:
@@ -242,18 +247,35 @@ def _wait(cfg: dict, pid: int, wall_s: float, group: bool) -> int:
     fd = os.pidfd_open(pid)
     ready, _, _ = select.select([fd], [], [], wall_s)
     if not ready:
-        try:
-            os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    _, status = os.waitpid(pid, 0)
+        _kill(pid, group)
+    _, status, usage = os.wait4(pid, 0)
+    if group:  # whatever the candidate left running in its group goes with it
+        _kill(pid, group)
     if not ready:
         _tell(cfg, "timeout")
-    return _exit_code(status)
+        return 1
+    # With namespaces the child is the namespace's init (killed only by this launcher or
+    # the cgroup): its own usage says nothing about the candidate's.
+    return _exit_code(cfg, status, usage if group else None)
+
+
+def _kill(pid: int, group: bool) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def main() -> int:
     cfg = json.loads(sys.argv[1])
+    try:
+        return _launch(cfg)
+    except BaseException as e:  # noqa: BLE001 - the grader must hear of any failure here
+        _tell(cfg, f"setup-failed: {type(e).__name__}: {e}")
+        return _EXIT_SETUP
+
+
+def _launch(cfg: dict) -> int:
     status_fd = cfg["status_fd"]
     os.set_inheritable(cfg["setup_fd"], False)  # closed by the candidate's exec
     if cfg["isolate"]:

@@ -8,7 +8,9 @@ Our format (JSONL, one problem per line), next to the math one (`id, question, a
 - ``tests``: Python source run after the candidate's code, in the same namespace: asserts,
   or a ``check(candidate)`` function as HumanEval's tests define;
 - ``entry_point`` (optional): the function ``check`` is called with;
-- ``timeout_s`` (optional): this problem's wall-time limit (default: the grader's).
+- ``timeout_s`` (optional): this problem's wall-time limit (default: the grader's);
+- ``setup`` (optional): Python source run before the candidate, in the same namespace: the
+  imports and helpers the question's code relies on (HumanEval's prompt).
 
 `read_code_problems` also reads HumanEval's lines (``task_id, prompt, test, entry_point``)
 and MBPP's (``task_id, text, test_list, test_setup_code``; the sanitized variant's
@@ -17,12 +19,10 @@ and MBPP's (``task_id, text, test_list, test_setup_code``; the sanitized variant
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,28 +40,7 @@ class CodeProblem:
     tests: str
     entry_point: str | None = None
     timeout_s: float | None = None
-
-
-def _open_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    from adaras_vllm.pipeline.traces import TraceFormatError
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        handle = opener(path, "rt", encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file (expected a JSONL file)") from None
-    with handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TraceFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise TraceFormatError(
-                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    setup: str | None = None
 
 
 def mbpp_question(text: str, first_test: str | None) -> str:
@@ -92,7 +71,8 @@ def _one_problem(line: Any) -> CodeProblem:
             raise line.error(f"'timeout_s' must be a number of seconds in (0, 3600], "
                              f"got {timeout!r}")
         return CodeProblem(pid, question, tests, entry or None,
-                           None if timeout is None else float(timeout))
+                           None if timeout is None else float(timeout),
+                           line.optional_text("setup") or None)
     if "test_list" in obj:  # MBPP (original or sanitized)
         asserts = _strings(line, "test_list")
         text = line.text(line.key("text", "prompt", expected="the task description"))
@@ -103,19 +83,22 @@ def _one_problem(line: Any) -> CodeProblem:
         return CodeProblem(pid, mbpp_question(text, asserts[0] if asserts else None), tests)
     if "test" in obj and "prompt" in obj:  # HumanEval
         entry = line.text(line.key("entry_point", expected="the function the tests check"))
-        return CodeProblem(pid, line.text("prompt"), line.text("test"), entry)
+        prompt = line.text("prompt")
+        # The prompt runs first: its imports and helper functions are part of the problem
+        # (the candidate's own definition of the entry point replaces the stub).
+        return CodeProblem(pid, prompt, line.text("test"), entry, setup=prompt)
     raise line.error("not a coding problem: expected 'tests' (ours), 'test_list' (MBPP) or "
                      f"'prompt'+'test'+'entry_point' (HumanEval); keys present: {sorted(obj)}")
 
 
 def read_code_problems(path: str | os.PathLike[str]) -> list[CodeProblem]:
     """Coding problems from JSONL (or .jsonl.gz) in our layout, HumanEval's or MBPP's."""
-    from adaras_vllm.pipeline.traces import _Line
+    from adaras_vllm.pipeline.traces import _Line, _lines
 
     path = Path(path)
     problems: list[CodeProblem] = []
     seen: dict[str, int] = {}
-    for lineno, obj in _open_lines(path):
+    for lineno, obj in _lines(path):
         line = _Line(path, lineno, obj)
         problem = _one_problem(line)
         if problem.id in seen:

@@ -14,6 +14,7 @@ the server process.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -27,12 +28,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from queue import Queue
 
-__all__ = ["ExecResult", "Isolation", "SandboxLimits", "SandboxPool", "SandboxUnavailable",
-           "namespaces_available", "run_candidate"]
+__all__ = ["ExecResult", "Isolation", "Job", "SandboxLimits", "SandboxPool",
+           "SandboxUnavailable", "namespaces_available", "run_candidate"]
 
 _HERE = Path(__file__).resolve().parent
 _LAUNCHER = _HERE / "launcher.py"
@@ -41,6 +42,7 @@ STATUSES = ("pass", "fail", "timeout", "error")
 # Per-slot uids for candidates: far above any account a system creates, one per pool slot,
 # so a slot's process limit and its leftovers are its own.
 _BASE_UID = 1_700_000_000
+_MAX_SLOTS = 256
 _GRACE_S = 5.0  # the launcher enforces the wall limit; the grader backs it up after this
 
 
@@ -72,8 +74,6 @@ class SandboxLimits:
     def with_wall(self, wall_s: float | None) -> SandboxLimits:
         if wall_s is None:
             return self
-        from dataclasses import replace
-
         return replace(self, wall_s=wall_s,
                        cpu_s=None if self.cpu_s is None else min(self.cpu_s, wall_s))
 
@@ -114,7 +114,7 @@ _isolation_lock = threading.Lock()
 _namespaces_work: bool | None = None  # probed once per process, never changed afterwards
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(OSError):
     """The sandbox cannot run candidates safely here; the message says why and what to do."""
 
 
@@ -134,7 +134,8 @@ def namespaces_available() -> bool:
     global _namespaces_work
     with _isolation_lock:
         if _namespaces_work is None:
-            probe = _launch("", "", None, SandboxLimits(wall_s=30), 0, True)
+            probe = _in_a_slot(0, lambda slot: _launch("", "", None, SandboxLimits(wall_s=30),
+                                                       slot, True))
             _namespaces_work = probe is not None
         return _namespaces_work
 
@@ -142,15 +143,17 @@ def namespaces_available() -> bool:
 def run_candidate(
     candidate: str, tests: str, entry_point: str | None = None,
     limits: SandboxLimits = SandboxLimits(), *, slot: int = 0, isolate: bool | None = None,
+    setup: str = "",
 ) -> ExecResult:
-    """Run `candidate` then `tests` in a fresh sandbox and say how it went.
+    """Run `setup` (the problem's own code), `candidate`, then `tests` in a fresh sandbox and
+    say how it went.
 
     `isolate`: None uses namespaces when this process may create them (probed once) and
     process limits only otherwise (the result's `isolation` says which); True requires
     them; False skips them. Without namespaces, root refuses to run a candidate that would
     keep uid 0.
     """
-    for name, value in (("candidate", candidate), ("tests", tests)):
+    for name, value in (("candidate", candidate), ("tests", tests), ("setup", setup)):
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a str of Python source, got {type(value).__name__}")
     if isolate is None:
@@ -158,11 +161,36 @@ def run_candidate(
     elif isolate and not namespaces_available():
         raise SandboxUnavailable("isolate=True needs namespaces (root or CAP_SYS_ADMIN) and "
                                  "the OS refused them; isolate=None falls back to limits only")
-    result = _launch(candidate, tests, entry_point, limits, slot, isolate)
+    result = _in_a_slot(slot, lambda claimed: _launch(candidate, tests, entry_point, limits,
+                                                      claimed, isolate, setup))
     if result is None:  # namespaces worked at the probe and not now: never run without them
         raise SandboxUnavailable("the OS refused the sandbox's namespaces after allowing "
                                  "them earlier in this process")
     return result
+
+
+def _in_a_slot(preferred: int, run: Callable[[int], ExecResult | None]) -> ExecResult | None:
+    """Run with a slot (uid, cgroups) no other sandbox uses meanwhile, in this process or
+    any other of this user: slots are claimed with a lock file each."""
+    locks = Path(tempfile.gettempdir()) / f"adaras-sandbox-{os.geteuid()}"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    if locks.stat().st_uid != os.geteuid() or locks.is_symlink():
+        raise SandboxUnavailable(f"{locks} belongs to another user; remove it")
+    first = preferred % _MAX_SLOTS
+    order = [first] + [s for s in range(_MAX_SLOTS) if s != first]
+    for attempt, slot in enumerate([*order, first]):
+        waits = attempt == len(order)  # every slot busy: wait for the preferred one
+        fd = os.open(locks / f"slot-{slot}.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if waits else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            return run(slot)
+        finally:
+            os.close(fd)  # releases the lock
+    raise AssertionError("unreachable: the last try waits for its lock")
 
 
 def _cgroup_procs(slot: int, limits: SandboxLimits) -> list[str]:
@@ -189,8 +217,20 @@ def _cgroup_procs(slot: int, limits: SandboxLimits) -> list[str]:
     return procs
 
 
+def _memory_failures(cgroup_procs: list[str]) -> int:
+    """How often the slot's memory cgroup refused memory so far (0 without one)."""
+    for procs in cgroup_procs:
+        failcnt = Path(procs).with_name("memory.failcnt")
+        if failcnt.is_file():
+            try:
+                return int(failcnt.read_text())
+            except (OSError, ValueError):
+                return 0
+    return 0
+
+
 def _launch(candidate: str, tests: str, entry_point: str | None, limits: SandboxLimits,
-            slot: int, isolate: bool) -> ExecResult | None:
+            slot: int, isolate: bool, setup: str = "") -> ExecResult | None:
     """One candidate in one sandbox; None when the OS refused the namespaces."""
     python, prefix = _python()
     # In a chroot the interpreter is bind-mounted where any uid can run it; without one an
@@ -201,6 +241,7 @@ def _launch(candidate: str, tests: str, entry_point: str | None, limits: Sandbox
             f"without namespaces a candidate would run as root: {python} is not reachable by "
             "other users (install Python where all users can run it, or allow namespaces)")
     cgroups = _cgroup_procs(slot, limits)
+    failures_before = _memory_failures(cgroups)
     isolation = Isolation(namespaces=isolate, own_uid=own_uid, cgroups=bool(cgroups))
     work_dir = None if isolate else tempfile.mkdtemp(prefix="adaras-candidate-")
     uid = _BASE_UID + slot if own_uid else os.getuid()
@@ -219,8 +260,8 @@ def _launch(candidate: str, tests: str, entry_point: str | None, limits: Sandbox
         "file_bytes": limits.file_bytes, "open_files": limits.open_files,
         "tmpfs_bytes": max(4 * limits.file_bytes, 64 << 20), "cgroup_procs": cgroups,
     }
-    payload = json.dumps({"candidate": candidate, "tests": tests, "entry_point": entry_point,
-                          "token": token}).encode()
+    payload = json.dumps({"setup": setup, "candidate": candidate, "tests": tests,
+                          "entry_point": entry_point, "token": token}).encode()
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -246,8 +287,8 @@ def _launch(candidate: str, tests: str, entry_point: str | None, limits: Sandbox
         return None
     if news.startswith("setup-failed:"):
         raise SandboxUnavailable(f"the sandbox could not be set up: {news[14:].strip()}")
-    return _verdict(streams, proc.returncode, news == "timeout", token, limits, seconds,
-                    isolation.describe())
+    return _verdict(streams, proc.returncode, news, token, limits, seconds,
+                    isolation.describe(), _memory_failures(cgroups) > failures_before)
 
 
 def _runnable_by_others(python: str) -> bool:
@@ -293,6 +334,8 @@ def _exchange(proc: subprocess.Popen, payload: bytes, status_r: int, setup_r: in
             if key.data == "stdin":
                 try:
                     sent += os.write(fd, payload[sent:sent + 65536])
+                except BlockingIOError:
+                    continue
                 except BrokenPipeError:
                     sent = len(payload)
                 if sent >= len(payload):
@@ -343,8 +386,16 @@ def _tail(streams: _Streams, n: int = 4000) -> str:
     return text[-n:]
 
 
-def _verdict(streams: _Streams, code: int | None, wall_timeout: bool, token: str,
-             limits: SandboxLimits, seconds: float, isolation: str) -> ExecResult:
+def _verdict(streams: _Streams, code: int | None, news: str, token: str,
+             limits: SandboxLimits, seconds: float, isolation: str,
+             memory_hit: bool = False) -> ExecResult:
+    """The result, from the launcher's news first, then the runner's token-checked verdict,
+    then how the candidate exited (never from what the candidate could fake)."""
+    wall_timeout = news == "timeout"
+    killed_by, cpu_used = None, -1.0
+    if news.startswith("signal "):  # "signal N cpu SECONDS"
+        fields = news.split()
+        killed_by, cpu_used = int(fields[1]), float(fields[3])
     output = _tail(streams)
 
     def result(status: str, reason: str) -> ExecResult:
@@ -357,22 +408,18 @@ def _verdict(streams: _Streams, code: int | None, wall_timeout: bool, token: str
     reported = _reported(streams.status, token)
     if reported is not None and code == 0:
         return result(reported["status"], reported["reason"])
-    if code is not None and code > 128:
-        sig = code - 128
-        cpu = limits.cpu_s or limits.wall_s
-        if sig == signal.SIGXCPU:
+    if killed_by is not None:
+        cpu = max(1, round(limits.cpu_s or limits.wall_s))  # what the launcher set
+        if killed_by == signal.SIGXCPU and cpu_used >= cpu - 0.05:
             return result("timeout", f"CPU-time limit of {cpu:g} s exceeded")
-        if sig == signal.SIGXFSZ:
+        if killed_by == signal.SIGXFSZ:
             return result("error", f"wrote a file over {limits.file_bytes} bytes (file cap)")
         try:
-            name = signal.Signals(sig).name
+            name = signal.Signals(killed_by).name
         except ValueError:
-            name = str(sig)
-        why = " (its memory or process limit?)" if sig == signal.SIGKILL else ""
+            name = str(killed_by)
+        why = " at the sandbox's memory limit" if memory_hit else ""
         return result("error", f"killed by signal {name}{why}")
-    if "MemoryError" in output:
-        return result("error", f"ran out of its {limits.memory_bytes >> 20} MiB address space "
-                               "(MemoryError)")
     if streams.status and reported is None:
         return result("error", "the verdict channel was written to by the candidate")
     return result("error", f"exited with code {code} before its tests finished "
@@ -380,14 +427,28 @@ def _verdict(streams: _Streams, code: int | None, wall_timeout: bool, token: str
 
 
 def _reported(raw: bytearray, token: str) -> dict | None:
+    """The runner's verdict when `raw` is exactly one well-formed record with our token."""
+    if len(raw) > 4096:  # a real verdict is one short line; anything else was tampered with
+        return None
     try:
         record = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         return None
     if (not isinstance(record, dict) or record.get("token") != token
             or record.get("status") not in STATUSES or not isinstance(record.get("reason"), str)):
         return None
     return record
+
+
+@dataclass(frozen=True)
+class Job:
+    """One candidate for the pool: its code, the problem's tests, and how to run them."""
+
+    candidate: str
+    tests: str
+    entry_point: str | None = None
+    wall_s: float | None = None  # None: the pool's limit
+    setup: str = ""  # the problem's code run before the candidate (HumanEval's prompt)
 
 
 class SandboxPool:
@@ -405,19 +466,19 @@ class SandboxPool:
         self.limits = limits
         self.isolate = isolate
 
-    def run(self, jobs: Sequence[tuple[str, str, str | None, float | None]],
+    def run(self, jobs: Sequence[Job],
             progress: Callable[[], None] | None = None) -> list[ExecResult]:
-        """(candidate, tests, entry_point, wall_s or None) per job, results in job order."""
+        """Every job's result, in job order."""
         slots: Queue[int] = Queue()
         for i in range(self.workers):
             slots.put(i)
 
-        def one(job: tuple[str, str, str | None, float | None]) -> ExecResult:
+        def one(job: Job) -> ExecResult:
             slot = slots.get()
             try:
-                candidate, tests, entry, wall = job
-                return run_candidate(candidate, tests, entry, self.limits.with_wall(wall),
-                                     slot=slot, isolate=self.isolate)
+                return run_candidate(job.candidate, job.tests, job.entry_point,
+                                     self.limits.with_wall(job.wall_s), slot=slot,
+                                     isolate=self.isolate, setup=job.setup)
             finally:
                 slots.put(slot)
                 if progress is not None:

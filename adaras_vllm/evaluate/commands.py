@@ -93,13 +93,14 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from adaras_vllm.maps import NeuronMap
-    from adaras_vllm.pipeline.tasks import read_task_problems
+    from adaras_vllm.pipeline.tasks import check_grader, read_task_problems
 
     from .runner import AskSettings, ask_offline, ask_server, settings_grid
     from .summary import format_table, plot_accuracy, summarize, write_results
 
     task, problems = read_task_problems(args.problems, args.task)
     problems = problems[: args.limit]
+    sandbox = check_grader(task)  # before any engine or request: code needs the sandbox
     ask = AskSettings(max_tokens=args.max_tokens, temperature=args.temperature,
                       seed=args.seed, prompt_template=args.prompt_template,
                       answer_pattern=args.answer_pattern, task=task,
@@ -144,7 +145,8 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"{len(problems)} {task} problems from {args.problems}, {where}, "
           f"{time.time() - start:.0f} s")
     print(format_table(summaries, metric="pass@1" if task == "code" else "accuracy"))
-    meta = {"problems": str(args.problems), "task": task, "where": where, "alphas": args.alphas,
+    meta = {"problems": str(args.problems), "task": task, "sandbox": sandbox, "where": where,
+            "alphas": args.alphas,
             "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed,
             "modes": args.modes}
     write_results(args.out, summaries, graded, meta)

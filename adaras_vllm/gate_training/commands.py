@@ -118,7 +118,11 @@ def run_gate_train(args: argparse.Namespace) -> int:
 
     start = time.time()
     neuron_map = NeuronMap.load(args.neuron_map)
+    from adaras_vllm.pipeline.tasks import check_grader
+
     args.task, problems = read_task_problems(args.problems, args.task)
+    if args.labels is None:
+        check_grader(args.task)  # before any engine: code labels need the sandbox
     if args.validation is not None:
         train, val = problems, read_task_problems(args.validation, args.task)[1]
     else:

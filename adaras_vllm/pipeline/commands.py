@@ -170,19 +170,22 @@ def _sample(args: argparse.Namespace, problems: list, settings: "SamplingSetting
             task: str = "math") -> list:
     from vllm import LLM
 
-    from .generate import generate_traces
+    from .generate import sample_responses
+    from .tasks import check_grader, grade_responses
 
+    isolation = check_grader(task)  # before the engine: a grader that cannot run fails now
     os.environ.pop("ADARAS_NEURON_MAPS", None)  # sample the unsteered model
     start = time.time()
     llm = LLM(args.model, seed=settings.seed, **engine_kwargs(args))
     try:
-        traces = generate_traces(llm, problems, settings, task=task,
-                                 grader_workers=args.grader_workers,
-                                 code_block=args.code_block)
+        responses = sample_responses(llm, problems, settings)
     finally:
-        llm.llm_engine.engine_core.shutdown()
-    print(f"sampled {len(traces)} traces in {time.time() - start:.0f} s")
-    return traces
+        llm.llm_engine.engine_core.shutdown()  # graded after: the engine's memory is back
+    print(f"sampled {len(responses)} responses in {time.time() - start:.0f} s")
+    if isolation:
+        print(f"grading code in the sandbox ({isolation})")
+    return grade_responses(task, responses, answer_pattern=settings.answer_pattern,
+                           workers=args.grader_workers, code_block=args.code_block)
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -62,15 +62,12 @@ def label_response(problem: Problem, attempt: int, text: str, pattern: str | Non
     )
 
 
-def generate_traces(
+def sample_responses(
     llm: Any, problems: Sequence[Any], settings: SamplingSettings, progress: bool = True,
-    task: str = "math", grader_workers: int | None = None, code_block: str = "first",
-) -> list[Trace]:
-    """Sample ``settings.samples`` responses per problem with a ``vllm.LLM`` and grade them
-    (math: the final answer; code: the answer's code against the tests, in the sandbox)."""
+) -> list[tuple[Any, int, str]]:
+    """(problem, attempt, response text): ``settings.samples`` per problem, with a
+    ``vllm.LLM`` through the model's chat template."""
     from vllm import SamplingParams
-
-    from .tasks import grade_responses
 
     # No per-request seed: vLLM 0.32's CPU runner crashes on seeded requests whose prompt
     # spans steps ("CPU Generator does not use offset"). The engine is seeded instead
@@ -87,9 +84,19 @@ def generate_traces(
         for p in problems
     ]
     outputs = llm.chat(conversations, params, use_tqdm=progress)
-    items = [(problem, attempt, completion.text)
-             for problem, out in zip(problems, outputs)
-             for attempt, completion in enumerate(out.outputs)]
-    return grade_responses(task, items, answer_pattern=settings.answer_pattern,
-                           workers=grader_workers, progress=progress,
-                           code_block=code_block)
+    return [(problem, attempt, completion.text)
+            for problem, out in zip(problems, outputs)
+            for attempt, completion in enumerate(out.outputs)]
+
+
+def generate_traces(
+    llm: Any, problems: Sequence[Any], settings: SamplingSettings, progress: bool = True,
+    task: str = "math", grader_workers: int | None = None, code_block: str = "first",
+) -> list[Trace]:
+    """Sample and grade (math: the final answer; code: the answer's code against the tests,
+    in the sandbox)."""
+    from .tasks import grade_responses
+
+    return grade_responses(task, sample_responses(llm, problems, settings, progress),
+                           answer_pattern=settings.answer_pattern, workers=grader_workers,
+                           progress=progress, code_block=code_block)

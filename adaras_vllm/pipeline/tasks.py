@@ -8,39 +8,60 @@ everywhere and a problems file's kind is detected the same way when it is not gi
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from .traces import Trace, TraceFormatError, read_problems, split_response
+from .traces import Trace, TraceFormatError, _lines, read_problems, split_response
 
-__all__ = ["TASKS", "detect_task", "grade_responses", "read_task_problems", "verdict_counts"]
+__all__ = ["TASKS", "check_grader", "detect_task", "grade_responses", "read_task_problems",
+           "verdict_counts"]
 
 TASKS = ("math", "code")
-_CODE_KEYS = ("tests", "test_list", "test")
+
+
+def _is_code(obj: dict) -> bool:
+    # ours ("tests"), MBPP ("test_list"), HumanEval ("test" with "prompt")
+    return "tests" in obj or "test_list" in obj or ("test" in obj and "prompt" in obj)
 
 
 def detect_task(path: str | os.PathLike[str]) -> str:
     """'code' when the first problem has tests (ours, MBPP's or HumanEval's), else 'math'."""
-    from adaras_vllm.coding.problems import _open_lines
-
-    for _, obj in _open_lines(Path(path)):
-        return "code" if any(k in obj for k in _CODE_KEYS) else "math"
+    for _, obj in _lines(path):
+        return "code" if _is_code(obj) else "math"
     raise TraceFormatError(f"{path}: no problems in the file")
 
 
 def read_task_problems(path: str | os.PathLike[str], task: str | None = None
                        ) -> tuple[str, list[Any]]:
-    """(task, problems) of a problems file; `task` None detects it from the file."""
-    if task is None:
-        task = detect_task(path)
-    if task == "math":
-        return task, read_problems(path)
-    if task == "code":
-        from adaras_vllm.coding.problems import read_code_problems
+    """(task, problems) of a problems file; `task` None detects it from the file, and a
+    given `task` that the file's first problem contradicts is refused, naming both."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    detected = detect_task(path)
+    if task is not None and task != detected:
+        raise ValueError(
+            f"--task {task} but {path} holds {detected} problems (its first line has "
+            f"{'tests' if detected == 'code' else 'no tests'}); drop --task to detect it")
+    if detected == "math":
+        return detected, read_problems(path)
+    from adaras_vllm.coding.problems import read_code_problems
 
-        return task, read_code_problems(path)
-    raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return detected, read_code_problems(path)
+
+
+def check_grader(task: str) -> str | None:
+    """Before any engine starts: for code, run an empty candidate through the sandbox, so
+    a machine that cannot sandbox fails now and not after hours of sampling. Returns the
+    sandbox's isolation (and warns when it is limits only)."""
+    if task != "code":
+        return None
+    from adaras_vllm.coding.sandbox import run_candidate
+
+    isolation = run_candidate("", "").isolation
+    if "NOT isolated" in isolation:
+        print(f"adaras: warning: the code sandbox is {isolation}", file=sys.stderr)
+    return isolation
 
 
 def grade_responses(
@@ -61,7 +82,7 @@ def grade_responses(
     if task != "code":
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     from adaras_vllm.coding.problems import CodeProblem, extract_code
-    from adaras_vllm.coding.sandbox import SandboxPool
+    from adaras_vllm.coding.sandbox import Job, SandboxPool
 
     jobs = []
     parts = []
@@ -72,7 +93,8 @@ def grade_responses(
         thinking, answer = split_response(text)
         code = extract_code(answer, code_block)
         parts.append((thinking, code))
-        jobs.append((code, problem.tests, problem.entry_point, problem.timeout_s))
+        jobs.append(Job(code, problem.tests, problem.entry_point, problem.timeout_s,
+                        problem.setup or ""))
     results = _run_with_progress(SandboxPool(workers), jobs, progress)
     return [
         Trace(id=p.id, attempt=attempt, question=p.question, thinking=thinking, answer=code,

@@ -8,6 +8,7 @@ dropped or mislabelled trace biases the good/bad activation averages.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -59,10 +60,11 @@ class Trace:
 
 
 def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, JSON object) for each non-blank line."""
+    """(line number, JSON object) for each non-blank line (of a .gz file too)."""
     path = Path(path)
     try:
-        handle = path.open(encoding="utf-8")
+        handle = (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz"
+                  else path.open(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file (expected a JSONL file)") from None
     with handle:
