@@ -64,7 +64,8 @@ def _run(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if str(args.candidate) == "-" else args.candidate.read_text()
     code = extract_code(split_response(text)[1], args.code_block)
     result = run_candidate(code, problem.tests, problem.entry_point,
-                           SandboxLimits().with_wall(problem.timeout_s))
+                           SandboxLimits().with_wall(problem.timeout_s),
+                           setup=problem.setup or "")
     print(json.dumps({"id": problem.id, "status": result.status, "reason": result.reason,
                       "seconds": result.seconds, "isolation": result.isolation,
                       "output": result.output}, indent=1))
