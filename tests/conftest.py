@@ -6,6 +6,7 @@ Engines are expensive on CPU (20-60 s to start), so each test module shares one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import json
 import os
@@ -34,17 +35,67 @@ PROMPTS = [
 ]
 
 
+@contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """Hold the test cache while building into it: the suite runs in two pytest-xdist
+    workers, and a half-written model must never be read by the other one."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# `make test` runs the suite in two pytest-xdist workers, a test file at a time
+# (`--dist loadfile`: a module's engine is started once, in one worker).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+# The slowest files first (from `make test`'s --durations), so that the last file to
+# start is a short one and neither worker idles at the end.
+SLOWEST_FIRST = (
+    "test_readme_commands.py", "test_gate_training.py", "test_engine_archs.py",
+    "test_serve_default.py", "test_gate_engine.py", "test_capture.py",
+    "test_code_pipeline.py", "test_engine_qwen3.py", "test_reliability_quick.py",
+    "test_map_build.py", "test_organism_pipeline.py", "test_server.py",
+)
+
+
+def _bind_engines_to_this_workers_core() -> None:
+    """vLLM's CPU worker binds its OpenMP threads to the same core in every engine
+    ("auto"); engines of two test workers would then share one core and leave the other
+    idle. Give each test worker's engines their own core (unless the user chose)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not XDIST_WORKER or "VLLM_CPU_OMP_THREADS_BIND" in os.environ or len(cores) < 2:
+        return
+    index = int(XDIST_WORKER.removeprefix("gw") or 0)
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = str(cores[-1 - index % len(cores)])
+
+
+_bind_engines_to_this_workers_core()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps
+    # each file's own order, which groups its parametrized engines
+
+
 def tiny_model(arch: str) -> tuple[Path, dict[str, Path]]:
     """A random tiny model of ``arch`` and two random maps for it (built once, cached)."""
     from adaras_vllm.tiny_model import build_tiny_model, random_neuron_map
 
-    model_dir = build_tiny_model(CACHE / f"tiny-{arch}", arch)
-    maps = {}
-    for name, (layers, seed) in MAP_LAYERS.items():
-        path = CACHE / f"tiny-{arch}-{name}.safetensors"
-        if not path.is_file():
-            random_neuron_map(model_dir, name, layers=layers, per_layer=16, seed=seed).save(path)
-        maps[name] = path
+    with cache_lock():
+        model_dir = build_tiny_model(CACHE / f"tiny-{arch}", arch)
+        maps = {}
+        for name, (layers, seed) in MAP_LAYERS.items():
+            path = CACHE / f"tiny-{arch}-{name}.safetensors"
+            if not path.is_file():
+                random_neuron_map(model_dir, name, layers=layers, per_layer=16,
+                                  seed=seed).save(path)
+            maps[name] = path
     return model_dir, maps
 
 
@@ -145,6 +196,18 @@ def run_engine_job(job: dict, env: dict[str, str]) -> dict:
     if not lines:
         raise RuntimeError(f"engine job printed no result:\n{proc.stdout[-4000:]}")
     return json.loads(lines[-1].removeprefix("ADARAS_RESULT "))
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """Each test leaves the process environment as it found it: ``adaras serve``'s
+    ``prepare`` sets the default alpha and mode for engines it starts, and a later module's
+    engine (in the same pytest worker) must not inherit them."""
+    before = dict(os.environ)
+    yield
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 @pytest.fixture(scope="session")

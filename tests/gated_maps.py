@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import CACHE, PROMPTS, encode_prompts, tiny_model
+from conftest import CACHE, PROMPTS, cache_lock, encode_prompts, tiny_model
 from hf_oracle import hf_gate_score
 
 from adaras_vllm.maps import NeuronMap
@@ -37,5 +37,6 @@ def gated_map_for(arch: str, seed: int, prompts: list[list[int]] | None = None
     assert ordered[mid] - ordered[mid - 1] > 1e-3, ordered  # a clean split
     gate.threshold = (ordered[mid - 1] + ordered[mid]) / 2
     path = CACHE / f"tiny-{arch}-gated_map-{seed}.safetensors"
-    base.renamed("gated_map").with_gate(gate).save(path)
+    with cache_lock():
+        base.renamed("gated_map").with_gate(gate).save(path)
     return model_dir, path, prompts, scores, gate

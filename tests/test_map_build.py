@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CACHE, PAPER, tiny_model
+from conftest import CACHE, PAPER, cache_lock, tiny_model
 from planted_model import BAD_NEURON, GOOD_NEURON, build_planted_model, planted_traces
 
 from adaras_vllm.maps import NeuronMap
@@ -28,7 +28,9 @@ def _adaras(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    model = build_planted_model(tiny_model("qwen3")[0], CACHE / "planted-qwen3")
+    base = tiny_model("qwen3")[0]
+    with cache_lock():
+        model = build_planted_model(base, CACHE / "planted-qwen3")
     work = tmp_path_factory.mktemp("planted")
     traces = work / "traces.jsonl"
     traces.write_text("".join(json.dumps(t) + "\n" for t in planted_traces(12)))

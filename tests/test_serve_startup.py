@@ -78,7 +78,8 @@ def _prepare(monkeypatch, *argv: str):
     for var in (ENV_VAR, "ADARAS_DEFAULT_STEER_ALPHA", "ADARAS_MAX_STEER_ALPHA",
                 "ADARAS_DEFAULT_STEER_MODE",
                 "VLLM_WORKER_MULTIPROC_METHOD"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # recorded, so what prepare() sets is undone after
+        monkeypatch.delenv(var)
     return prepare(list(argv))
 
 
@@ -150,3 +151,36 @@ def test_a_default_adaptive_mode_starts_when_the_default_map_has_a_gate(monkeypa
 def test_organism_with_a_named_model_is_refused(monkeypatch):
     with pytest.raises(SystemExit, match="--organism picks the model when none is named"):
         _prepare(monkeypatch, "--model", "m", "--organism", "arith")
+
+
+MAPS_SET_AFTER_PLUGINS_LOADED = textwrap.dedent("""
+    import json, os, sys
+    os.environ.pop("ADARAS_NEURON_MAPS", None)
+    import vllm.plugins as plugins
+    from vllm.plugins import load_general_plugins
+    load_general_plugins()  # a plain engine first: vLLM never calls the entry point again
+    from adaras_vllm.engine.plugin import installed
+    before = installed()
+    os.environ["ADARAS_NEURON_MAPS"] = sys.argv[1]
+    from vllm.engine.arg_utils import EngineArgs
+    EngineArgs(model=sys.argv[2])  # what LLM(...) builds first
+    from vllm.v1.engine.input_processor import InputProcessor
+    print("RESULT " + json.dumps({"before": before, "after": installed(),
+                                  "front_end": getattr(InputProcessor.process_inputs,
+                                                       "_adaras", False)}))
+""")
+
+
+def test_maps_set_after_vllm_loaded_its_plugins_install_steering_at_the_next_engine():
+    """A notebook or test session that built a plain engine first, then set the maps: the
+    next engine's front end must decide steering (bounds, 400s, adaptive's cache rule)."""
+    from adaras_vllm.organism.assets import ORGANISM_DIR
+
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    proc = subprocess.run([sys.executable, "-c", MAPS_SET_AFTER_PLUGINS_LOADED,
+                           f"arith={ORGANISM_MAP}", str(ORGANISM_DIR)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    assert json.loads(line.removeprefix("RESULT ")) == {"before": False, "after": True,
+                                                        "front_end": True}

@@ -166,3 +166,27 @@ def test_a_default_adaptive_mode_needs_a_gate_on_the_default_map(gated_registry,
     monkeypatch.setenv("ADARAS_DEFAULT_STEER_MODE", "adaptive")
     with pytest.raises(SteeringParamError, match="default map 'first' has no correctness gate"):
         gated_registry.check_defaults()
+
+
+@pytest.mark.parametrize("extra, skips", [
+    ({"steer_mode": "adaptive", "steer_map": "gated", "steer_alpha": 0.5}, True),
+    ({"steer_mode": "always", "steer_map": "gated", "steer_alpha": 0.5}, False),
+    ({"steer_mode": "adaptive", "steer_map": "gated"}, False),  # alpha 0: nothing to gate
+], ids=["adaptive", "always", "adaptive-alpha-0"])
+def test_the_scheduler_keeps_adaptive_requests_off_the_prefix_cache(
+        gated_registry, tmp_path, monkeypatch, extra, skips):
+    """Whatever the front end asked: a process whose plugins loaded before the maps were
+    set once sent adaptive requests through the cache, and their gates scored a suffix."""
+    from vllm import SamplingParams
+    from vllm.v1.request import Request
+
+    from adaras_vllm.engine.scheduler_trim import keep_gated_off_the_prefix_cache
+
+    for m in gated_registry.maps:
+        m.save(tmp_path / f"{m.name}.safetensors")
+    monkeypatch.setenv("ADARAS_NEURON_MAPS", ",".join(
+        f"{name}={tmp_path / name}.safetensors" for name in ("first", "gated")))
+    request = Request("r", [1, 2, 3], SamplingParams(extra_args=extra), None)
+    assert request.skip_reading_prefix_cache is False  # as an unpatched front end leaves it
+    keep_gated_off_the_prefix_cache(request)
+    assert request.skip_reading_prefix_cache is skips

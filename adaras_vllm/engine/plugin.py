@@ -6,10 +6,18 @@ nothing. A launcher that learns the maps only after vLLM has loaded its plugins 
 serve`` parses vLLM's arguments first) calls ``register`` again itself once the maps are
 in the environment; processes it then forks inherit the patched classes, and spawned ones
 run the entry point with the maps already set. Idempotent.
+
+A process may also load vLLM's plugins before any maps are set and configure them later
+(a notebook that built one plain engine first; a test session). vLLM never calls the
+entry point twice, so ``register`` also wraps ``vllm.plugins.load_general_plugins``,
+which vLLM calls again each time engine arguments are built: the next engine of the
+process then installs steering. Without maps the wrapper checks one environment
+variable and changes nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -22,7 +30,10 @@ _registered = False
 
 def register() -> None:
     global _registered
-    if _registered or not (steering_enabled() or capture_enabled()):
+    if _registered:
+        return
+    if not (steering_enabled() or capture_enabled()):
+        _register_again_when_engines_start()
         return
     registry = active_registry()  # load (and check) the maps now: a bad path fails at start-up
     registry.check_defaults()
@@ -51,3 +62,22 @@ def register() -> None:
 def installed() -> bool:
     """Whether this process has the steering patches (for start-up checks and tests)."""
     return _registered
+
+
+def _register_again_when_engines_start() -> None:
+    """Make vLLM's later ``load_general_plugins()`` calls (one per engine's arguments, which
+    import it when called) run ``register`` again, so maps configured after the plugins
+    were first loaded still install steering in this process."""
+    import vllm.plugins as plugins
+
+    original = plugins.load_general_plugins
+    if getattr(original, "_adaras", False):
+        return
+
+    @functools.wraps(original)
+    def load_general_plugins() -> None:
+        original()
+        register()
+
+    load_general_plugins._adaras = True  # type: ignore[attr-defined]
+    plugins.load_general_plugins = load_general_plugins

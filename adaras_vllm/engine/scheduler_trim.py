@@ -10,6 +10,11 @@ token, and nothing to the others.
 
 vLLM 0.32 passes every request's chunk size (waiting and running) through
 ``Scheduler._reserve_prefill_lookahead``; the trim is applied after its own rule.
+
+The gate must also see every prompt position run, so an adaptive request never reads
+the prefix cache. The front end asks for that in its ``SamplingParams``; the scheduler
+makes sure of it when the request arrives, so the score is right even if a front end
+did not (one whose process loaded vLLM's plugins in some way this package did not see).
 """
 
 from __future__ import annotations
@@ -51,12 +56,24 @@ def trimmed_chunk(num_prompt_tokens: int, num_computed: int, num_new: int) -> in
     return num_new
 
 
+def keep_gated_off_the_prefix_cache(request: Any) -> None:
+    """An adaptive request computes every prompt position, whatever its front end asked."""
+    if is_gated(request):
+        request.skip_reading_prefix_cache = True
+
+
 def patch_scheduler() -> None:
     from vllm.v1.core.sched.scheduler import Scheduler
 
     original = Scheduler._reserve_prefill_lookahead
     if getattr(original, "_adaras", False):
         return
+    original_add = Scheduler.add_request
+
+    @functools.wraps(original_add)
+    def add_request(self, request):  # noqa: ANN001, ANN202
+        keep_gated_off_the_prefix_cache(request)
+        return original_add(self, request)
 
     @functools.wraps(original)
     def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):  # noqa: ANN001, ANN202
@@ -67,4 +84,6 @@ def patch_scheduler() -> None:
         return num_new
 
     _reserve_prefill_lookahead._adaras = True
+    add_request._adaras = True
     Scheduler._reserve_prefill_lookahead = _reserve_prefill_lookahead
+    Scheduler.add_request = add_request

@@ -450,9 +450,18 @@ class NeuronMap:
     # --------------------------------------------------------------------------- operations
 
     def save(self, path: PathArg) -> None:
-        """Write the map as safetensors; `load` gives back an equal map, bit for bit."""
-        safetensors.torch.save_file(self._named_tensors(), str(path),
-                                    metadata=self.file_metadata())
+        """Write the map as safetensors; `load` gives back an equal map, bit for bit.
+
+        Written beside ``path`` and renamed over it, so a process loading the map at the
+        same moment reads the old file or the new one, never half of one."""
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            safetensors.torch.save_file(self._named_tensors(), str(partial),
+                                        metadata=self.file_metadata())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def file_metadata(self) -> dict[str, str]:
         """The metadata as written to the file: the map's, plus the gate's ``gate_*``."""
