@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install serve demo test test-fast bench docker-check lm-eval-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check reliability mbpp-regrade clean
+.PHONY: install serve demo test test-fast bench docker-check lm-eval-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check gpu-check-bare reliability mbpp-regrade clean
 
 install: $(STAMP)
 
@@ -66,6 +66,14 @@ mbpp-regrade: install
 # the overhead benchmark; one summary line per check.
 gpu-check: install
 	$(PY) benchmarks/gpu_check.py --out gpu-check.json
+
+# On a bare CUDA machine (torch, numpy, safetensors; no vLLM, nothing to install): the
+# steering fill and op, the gate and capture under CUDA graphs, and their cost, on a
+# Qwen3-1.7B-shaped MLP stack. There, without make: python3 benchmarks/gpu_bare.py --out F.
+# (make test runs it on the CPU, --small, with vLLM blocked: tests/test_gpu_bare.py.)
+PYTHON_BARE ?= python3
+gpu-check-bare:
+	$(PYTHON_BARE) benchmarks/gpu_bare.py --out benchmarks/results/gpu-bare.json
 
 # Reliability (README "Reliability"): adaras serve under load with disconnects and cancels
 # (32 users, 60 s), then schema fuzzing (schemathesis + hypothesis); about 15 minutes.

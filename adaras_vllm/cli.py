@@ -9,6 +9,7 @@ so map tooling works on machines without an inference engine.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -18,51 +19,21 @@ from types import SimpleNamespace
 import torch
 
 from adaras_vllm.maps import MapMismatchError, NeuronMap
-from adaras_vllm.maps.neuron_map import REQUIRED_METADATA
+from adaras_vllm.maps.map_metadata import REQUIRED_METADATA
 
 _SHAPE_FLAGS = ("model_type", "num_hidden_layers", "intermediate_size", "hidden_size")
 
 
-def add_traces_commands(subparsers: argparse._SubParsersAction) -> None:
-    """`adaras traces generate`: sample and grade labelled traces (vLLM imported on use)."""
-    from adaras_vllm.pipeline.commands import add_traces_commands as add
-
-    add(subparsers)
-
-
-def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
-    """`adaras eval`: accuracy per steer_alpha, against a server or offline."""
-    from adaras_vllm.evaluate.commands import add_eval_command
-
-    add_eval_command(subparsers)
-
-
-def add_organism_commands(subparsers: argparse._SubParsersAction) -> None:
-    """`adaras organism problems|train`: the self-trained model organism."""
-    from adaras_vllm.organism.commands import add_organism_commands as add
-
-    add(subparsers)
-
-
-def add_gate_commands(subparsers: argparse._SubParsersAction) -> None:
-    """`adaras gate train`: imports vLLM only when it runs."""
-    from adaras_vllm.gate_training.commands import add_gate_commands as add
-
-    add(subparsers)
-
-
-def add_demo_commands(subparsers: argparse._SubParsersAction) -> None:
-    """`adaras demo`: its module imports vLLM only when it runs."""
-    from adaras_vllm.demo import add_demo_commands as add
-
-    add(subparsers)
-
-
-def add_code_commands(subparsers: argparse._SubParsersAction) -> None:
-    """`adaras code import|run`: coding problems and the sandbox."""
-    from adaras_vllm.coding.commands import add_code_commands as add
-
-    add(subparsers)
+#: Command groups registered from their own modules (``module:function(subparsers)``);
+#: each module imports vLLM only when its command runs.
+COMMAND_GROUPS = (
+    "adaras_vllm.pipeline.commands:add_traces_commands",  # adaras traces generate
+    "adaras_vllm.evaluate.commands:add_eval_command",  # adaras eval
+    "adaras_vllm.organism.commands:add_organism_commands",  # adaras organism ...
+    "adaras_vllm.demo:add_demo_commands",  # adaras demo
+    "adaras_vllm.gate_training.commands:add_gate_commands",  # adaras gate train|copy
+    "adaras_vllm.coding.commands:add_code_commands",  # adaras code import|run
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_main(argv[2:])
         return 0
     if argv[:1] == ["serve"]:  # vLLM's own parser takes over: every engine flag passes through
-        from server.app import main as serve_main
+        from adaras_vllm.server.app import main as serve_main
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -92,12 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_maps_commands(subparsers)
-    add_traces_commands(subparsers)
-    add_eval_commands(subparsers)
-    add_organism_commands(subparsers)
-    add_demo_commands(subparsers)
-    add_gate_commands(subparsers)
-    add_code_commands(subparsers)
+    for group in COMMAND_GROUPS:
+        module, _, function = group.partition(":")
+        getattr(importlib.import_module(module), function)(subparsers)
     subparsers.add_parser(
         "serve", add_help=False,
         help="OpenAI-compatible server with steering (all 'vllm serve' arguments apply)",
@@ -107,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_maps_commands(subparsers: argparse._SubParsersAction) -> None:
     """`adaras maps ...`: build, inspect and check neuron map files."""
+    from adaras_vllm.pipeline.commands import add_build_command, positive_int
+
     maps = subparsers.add_parser("maps", help="build, inspect and check neuron map files")
     commands = maps.add_subparsers(dest="maps_command", metavar="MAPS_COMMAND", required=True)
 
@@ -127,11 +97,11 @@ def add_maps_commands(subparsers: argparse._SubParsersAction) -> None:
         "--model", help="model id the map is for (default: the --config directory)"
     )
     import_csv.add_argument("--model-type", help="e.g. qwen3")
-    import_csv.add_argument("--num-hidden-layers", type=_positive_int, metavar="N")
-    import_csv.add_argument("--intermediate-size", type=_positive_int, metavar="I")
-    import_csv.add_argument("--hidden-size", type=_positive_int, metavar="H")
+    import_csv.add_argument("--num-hidden-layers", type=positive_int, metavar="N")
+    import_csv.add_argument("--intermediate-size", type=positive_int, metavar="I")
+    import_csv.add_argument("--hidden-size", type=positive_int, metavar="H")
     import_csv.add_argument(
-        "--top", type=_positive_int, metavar="N", help="keep only the N best-ranked neurons"
+        "--top", type=positive_int, metavar="N", help="keep only the N best-ranked neurons"
     )
     import_csv.add_argument(
         "--default-alpha", type=float, default=0.3, metavar="A",
@@ -143,8 +113,10 @@ def add_maps_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     import_csv.set_defaults(func=_import_csv)
 
+    listing = commands.add_parser("list", help="list the shipped maps (serve one by bare name)")
+    listing.set_defaults(func=_list_shipped)
     inspect = commands.add_parser("inspect", help="print a map's metadata and per-layer summary")
-    inspect.add_argument("map", type=Path, metavar="MAP", help="neuron map file")
+    inspect.add_argument("map", metavar="MAP", help="neuron map file, or a shipped map's name")
     inspect.set_defaults(func=_inspect)
 
     validate = commands.add_parser(
@@ -156,8 +128,6 @@ def add_maps_commands(subparsers: argparse._SubParsersAction) -> None:
         help="HF config.json, or a model directory containing one",
     )
     validate.set_defaults(func=_validate)
-
-    from adaras_vllm.pipeline.commands import add_build_command
 
     add_build_command(commands)
 
@@ -227,7 +197,21 @@ def _import_csv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_shipped(args: argparse.Namespace) -> int:
+    from adaras_vllm.maps.shipped import shipped_map, shipped_names
+
+    print(f"{'name':<16} {'model':<28} {'neurons':>7} {'alpha':>6}  gate")
+    for name in shipped_names():
+        m = NeuronMap.load(shipped_map(name))
+        print(f"{name:<16} {m.model:<28} {m.num_neurons:>7} {m.default_alpha:>6g}  "
+              f"{'yes' if m.gate is not None else '-'}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
+    from adaras_vllm.maps.shipped import resolve_map_path
+
+    args.map = resolve_map_path(args.map)
     neuron_map = NeuronMap.load(args.map)
     print(f"{args.map}")
     print(f"  fingerprint        {neuron_map.fingerprint()}")
@@ -300,13 +284,3 @@ def _weight_columns(weights: torch.Tensor) -> str:
         f"{weights.min().item():>11.5g}  {weights.max().item():>11.5g}  "
         f"{weights.abs().mean().item():>11.5g}"
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value

@@ -49,7 +49,7 @@ def main() -> None:
     args = p.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
-    from adaras_vllm.maps.gate import random_gate
+    from adaras_vllm.maps.gate_file import random_gate
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "qwen3-0.6b-shapes"
@@ -81,7 +81,7 @@ def run(model_dir: Path, batches: list[int], args: argparse.Namespace) -> list[d
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from adaras_vllm.engine.gate import RESULTS_METHOD
+    from adaras_vllm.engine.gate_runtime import RESULTS_METHOD
     from adaras_vllm.engine.plugin import register
 
     register()

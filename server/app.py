@@ -24,14 +24,20 @@ from adaras_vllm.engine.params import (
 )
 from adaras_vllm.engine.registry import ENV_VAR, MapRegistry, active_registry
 
-from .middleware import DEFAULT_MAX_BODY_BYTES, ApiKeyMiddleware, SteeringMiddleware
+from .auth import ApiKeyMiddleware
 from .openapi import document_steering
+from .request_body import DEFAULT_MAX_BODY_BYTES
 from .routes import add_steering_routes
 from .steering_fields import SteeringPolicy
+from .steering_middleware import SteeringMiddleware
 from .upstream_guards import guard_responses_rendering
 
 DEFAULT_MAX_STEER_ALPHA = 8.0
 DEFAULT_MODEL_NAME = "adaras-tiny-qwen3"
+
+
+class ServeConfigError(ValueError):
+    """``adaras serve`` cannot start as asked: the message says why and what would do."""
 
 
 def install_steering_layer(app: FastAPI, policy: SteeringPolicy, api_keys: list[str],
@@ -96,12 +102,12 @@ def _model_given(argv: list[str], args: argparse.Namespace) -> bool:
 
 def _check_alpha_args(args: argparse.Namespace) -> None:
     if not math.isfinite(args.max_steer_alpha) or args.max_steer_alpha < 0:
-        raise SystemExit(
+        raise ServeConfigError(
             f"--max-steer-alpha must be a finite number >= 0, got {args.max_steer_alpha}"
         )
     d = args.default_steer_alpha
     if d is not None and (not math.isfinite(d) or abs(d) > args.max_steer_alpha):
-        raise SystemExit(
+        raise ServeConfigError(
             f"--default-steer-alpha must be a finite number in [-{args.max_steer_alpha:g}, "
             f"{args.max_steer_alpha:g}], got {d}"
         )
@@ -126,7 +132,7 @@ def default_model_and_map(organism: str | None = None) -> tuple[Path, str, Path,
 
 def _fit_cpu_memory(args: argparse.Namespace) -> None:
     """A named model on CPU without memory flags: a KV cache that fits (vLLM's 0.92 does not)."""
-    from adaras_vllm.engine_memory import fit_engine_memory
+    from adaras_vllm.engine.engine_memory import fit_engine_memory
 
     try:
         kw = fit_engine_memory(args.model, {
@@ -135,7 +141,7 @@ def _fit_cpu_memory(args: argparse.Namespace) -> None:
             "tensor_parallel_size": args.tensor_parallel_size,
             "trust_remote_code": args.trust_remote_code}, who="adaras serve")
     except ValueError as e:
-        raise SystemExit(f"adaras serve: {_one_line(e)}") from None
+        raise ServeConfigError(f"adaras serve: {_one_line(e)}") from None
     if "kv_cache_memory_bytes" in kw:
         args.kv_cache_memory_bytes = kw["kv_cache_memory_bytes"]
 
@@ -148,7 +154,7 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     if args.model_tag is not None:
         args.model = args.model_tag
     if args.organism is not None and _model_given(argv, args):
-        raise SystemExit(f"adaras serve: --organism picks the model when none is named; "
+        raise ServeConfigError(f"adaras serve: --organism picks the model when none is named; "
                          f"it cannot be combined with a model ({args.model})")
     if not _model_given(argv, args):
         model_dir, map_name, map_path, served = default_model_and_map(args.organism)
@@ -173,21 +179,21 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     if not map_specs and os.environ.get(ENV_VAR):
         map_specs = [os.environ[ENV_VAR]]
     if not map_specs:
-        raise SystemExit("adaras serve: give at least one --neuron-map NAME=PATH")
+        raise ServeConfigError("adaras serve: give at least one --neuron-map NAME=PATH")
     if (args.api_server_count or 1) > 1:
-        raise SystemExit(
+        raise ServeConfigError(
             "adaras serve: --api-server-count > 1 is not supported: vLLM's extra API server "
             "processes build their own app without the steering layer (audit, metrics, "
             "limits); run one API server per engine, or several adaras serve behind a proxy"
         )
     if args.max_request_body_bytes <= 0:
-        raise SystemExit("adaras serve: --max-request-body-bytes must be a positive integer, "
+        raise ServeConfigError("adaras serve: --max-request-body-bytes must be a positive integer, "
                          f"got {args.max_request_body_bytes}")
     spec = ",".join(map_specs)
     try:
         registry = MapRegistry.from_spec(spec)
     except (OSError, ValueError) as e:  # a missing or malformed map: say which, and stop
-        raise SystemExit(f"adaras serve: {_one_line(e)}") from None
+        raise ServeConfigError(f"adaras serve: {_one_line(e)}") from None
     if _model_given(argv, args) and not any(
             a.startswith(("--gpu-memory-utilization", "--kv-cache-memory")) for a in argv):
         _fit_cpu_memory(args)
@@ -201,7 +207,7 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
     try:
         registry.check_defaults()
     except SteeringParamError as e:
-        raise SystemExit(f"adaras serve: {e}") from None
+        raise ServeConfigError(f"adaras serve: {e}") from None
     install_in_every_process()
     policy = SteeringPolicy(registry.maps, max_alpha=args.max_steer_alpha,
                             default_alpha=args.default_steer_alpha)
@@ -230,12 +236,12 @@ def install_in_every_process() -> None:
 
 async def check_engine_steers(engine_client, policy: SteeringPolicy) -> list[int]:  # noqa: ANN001
     """Refuse to serve if a worker reports no steering while maps are configured."""
-    from adaras_vllm.engine.runner_hooks import STATUS_METHOD
+    from adaras_vllm.engine.worker_rpcs import STATUS_METHOD
 
     statuses = await engine_client.collective_rpc(STATUS_METHOD)
     missing = [rank for rank, s in enumerate(statuses) if not s.get("installed")]
     if missing or not statuses:
-        raise SystemExit(
+        raise ServeConfigError(
             f"adaras serve: maps {', '.join(policy.map_names)} are configured but worker "
             f"rank(s) {missing or 'all'} report no steering installed; refusing to serve "
             "unsteered responses as steered"
@@ -317,9 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, policy, api_keys = prepare(argv)
-    validate_parsed_serve_args(args)
-    uvloop.run(serve(args, policy, api_keys))
+    try:
+        args, policy, api_keys = prepare(argv)
+        validate_parsed_serve_args(args)
+        uvloop.run(serve(args, policy, api_keys))
+    except ServeConfigError as e:
+        print(e, file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -12,7 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from .steering_fields import SERVER_MODES, SteeringPolicy
+from adaras_vllm.engine.params import MODES
+
+from .steering_fields import SteeringPolicy
 
 REF_PREFIX = "#/components/schemas/"
 
@@ -32,7 +34,7 @@ def steering_request_properties(policy: SteeringPolicy) -> dict[str, Any]:
             "description": f"Which loaded neuron map; absent: {policy.map_names[0]!r}.",
         },
         "steer_mode": {
-            "type": "string", "enum": list(SERVER_MODES),
+            "type": "string", "enum": list(MODES),
             "description": "'always' steers with steer_alpha, 'off' never steers, "
                            "'adaptive' steers only if the map's correctness gate predicts a "
                            "wrong answer from the prompt (maps with a gate: "

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
-from adaras_vllm.engine.runner_hooks import STATUS_METHOD
+from adaras_vllm.engine.worker_rpcs import STATUS_METHOD
 
 from .steering_fields import SteeringPolicy
 

@@ -12,10 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adaras_vllm.engine.params import API_MODES, SteeringParams
+from adaras_vllm.engine.params import SteeringParams
 from adaras_vllm.maps import NeuronMap
-
-SERVER_MODES = API_MODES
 
 
 def applied_json(decision: SteeringParams,

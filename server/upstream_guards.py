@@ -14,16 +14,12 @@ import functools
 
 from vllm.exceptions import VLLMValidationError
 
+from adaras_vllm.engine.patches import Patch, apply
+
 _RENDER_CRASHES = (AssertionError, IndexError, AttributeError, KeyError, TypeError)
 
 
-def guard_responses_rendering() -> None:
-    from vllm.renderers.online_renderer import OnlineRenderer
-
-    original = OnlineRenderer.render_responses
-    if getattr(original, "_adaras", False):
-        return
-
+def _answering_render_crashes_as_400(original):  # noqa: ANN001, ANN202
     @functools.wraps(original)
     async def render_responses(self, request, *args, **kwargs):  # noqa: ANN001, ANN202
         try:
@@ -35,5 +31,17 @@ def guard_responses_rendering() -> None:
                 parameter="input",
             ) from e
 
-    render_responses._adaras = True
-    OnlineRenderer.render_responses = render_responses
+    return render_responses
+
+
+PATCHES = (
+    Patch("vllm.renderers.online_renderer:OnlineRenderer.render_responses",
+          params=("self", "request"), wrap=_answering_render_crashes_as_400,
+          why="/v1/responses inputs that crash vLLM's renderer are a 400, not a 500",
+          until="vLLM validates those inputs itself"),
+)
+
+
+def guard_responses_rendering() -> None:
+    """Install the guard (once per process)."""
+    apply(PATCHES)

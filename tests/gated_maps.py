@@ -9,7 +9,7 @@ from conftest import CACHE, PROMPTS, cache_lock, encode_prompts, tiny_model
 from hf_oracle import hf_gate_score
 
 from adaras_vllm.maps import NeuronMap
-from adaras_vllm.maps.gate import CorrectnessGate, random_gate
+from adaras_vllm.maps.gate_file import CorrectnessGate, random_gate
 
 
 def gate_prompts(model_dir: Path) -> list[list[int]]:

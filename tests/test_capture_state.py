@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from adaras_vllm.engine.capture import CAPTURE_KEY, CaptureResult, CaptureState
+from adaras_vllm.engine.step_layout import StepLayout
 
 
 class _Params:
@@ -28,7 +29,7 @@ def _step(state: CaptureState, rows: list[tuple[str, str | None, int, int, int]]
     sched = np.array([r[2] for r in rows])
     comp = np.array([r[3] for r in rows])
     plen = np.array([r[4] for r in rows])
-    state.on_step(req_ids, keys, sched, comp, plen)
+    state.on_step(StepLayout.from_counts(req_ids, sched, comp, plen), keys)
     values = np.concatenate([100 * (i + 1) + comp[i] + np.arange(sched[i])
                              for i in range(len(rows))]).astype(np.float32)
     x = torch.from_numpy(values)[:, None].expand(-1, 3)
@@ -127,9 +128,9 @@ def test_token_slots_follow_the_devices_layout_not_the_host_counts():
     s = _state()
     keys = [s.key_of("a", _Params("ka")), s.key_of("b", _Params("kb"))]
     # Host counts say 3 + 2 tokens; the device's own layout says 2 + 3, at other positions.
-    s.on_step(["a", "b"], keys, np.array([3, 2]), np.array([0, 0]), np.array([5, 5]),
-              query_start_loc=torch.tensor([0, 2, 5]),
-              positions=torch.tensor([0, 1, 0, 1, 7]))
+    s.on_step(StepLayout(["a", "b"], np.array([3, 2]), np.array([0, 0]), np.array([5, 5]),
+                         query_start_loc=torch.tensor([0, 2, 5]),
+                         positions=torch.tensor([0, 1, 0, 1, 7])), keys)
     slot_a, slot_b = s._owner["a"][1], s._owner["b"][1]
     assert s.slot[:5].tolist() == [slot_a, slot_a, slot_b, slot_b, s.trash]
     assert bool((s.slot[5:] == s.trash).all())

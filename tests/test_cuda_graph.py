@@ -11,6 +11,8 @@ from adaras_vllm.engine.state import SteeringState
 from adaras_vllm.engine.steer import build_layer_table, steer_
 from adaras_vllm.maps import NeuronMap
 
+from steering_helpers import fill_from_counts
+
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -63,7 +65,7 @@ def test_captured_steer_op_replays_with_changed_alpha_and_map(dtype):
         x_static.copy_(torch.randn(8, 64, device="cuda", dtype=dtype))
         req_alpha = rng.choice([0.0, 0.3, -1.0, 4.0], size=3).astype(np.float32)
         req_map = rng.integers(0, 2, size=3)
-        state.fill(req_alpha, req_map, np.array([3, 3, 2]), np.array([0, 5, 9]),
+        fill_from_counts(state, req_alpha, req_map, np.array([3, 3, 2]), np.array([0, 5, 9]),
                    np.array([2, 1, 4]))
         graph.replay()
         torch.cuda.synchronize()
@@ -84,7 +86,7 @@ def test_torch_compiled_steer_op_captures_under_cuda_graphs():
 
     x = torch.randn(8, 64, device="cuda")
     for req_alpha in ([0.3, 0.0, 4.0], [-1.0, 2.0, 0.0], [0.0, 0.0, 0.0]):
-        state.fill(np.array(req_alpha, np.float32), np.array([0, 1, 1]), np.array([3, 3, 2]),
+        fill_from_counts(state, np.array(req_alpha, np.float32), np.array([0, 1, 1]), np.array([3, 3, 2]),
                    np.array([0, 5, 9]), np.array([2, 1, 4]))
         got = f(x).clone()
         torch.cuda.synchronize()

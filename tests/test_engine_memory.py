@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from adaras_vllm.engine_memory import (
+from adaras_vllm.engine.engine_memory import (
     FLOOR_BYTES,
     GIB,
     MIB,

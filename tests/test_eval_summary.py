@@ -94,7 +94,7 @@ def test_adaptive_summary_reports_the_share_steered_and_the_gates_precision_and_
 
 
 def test_summary_reports_the_share_of_answers_that_wrote_thinking():
-    from adaras_vllm.pipeline.traces import wrote_thinking
+    from adaras_vllm.responses import wrote_thinking
 
     texts = ["12+3=15\n</think>\nA: \\boxed{15}", "</think>\nA: \\boxed{14}",
              "\n</think>\nA: \\boxed{1}", "12+3=15 (cut off"]

@@ -16,7 +16,8 @@ import torch
 from conftest import greedy, start_llm, stop_llm, tokens, two_ranks_bound
 from gated_maps import gated_map_for
 
-from adaras_vllm.engine.gate import GATE_KEY, RESULTS_METHOD
+from adaras_vllm.engine.gate_runtime import RESULTS_METHOD
+from adaras_vllm.engine.resolved import GATE_KEY
 
 pytestmark = pytest.mark.engine
 

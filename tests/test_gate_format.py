@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 
 from adaras_vllm.maps import CorrectnessGate, MapFormatError, NeuronMap
-from adaras_vllm.maps.gate import GATE_TENSORS, random_gate
+from adaras_vllm.maps.gate_file import GATE_TENSORS, random_gate
 
 
 def _map(gate: CorrectnessGate | None = None) -> NeuronMap:

@@ -116,7 +116,8 @@ def test_the_served_model_scores_each_question_as_training_said(trained):
     from conftest import start_llm, stop_llm
     from vllm import SamplingParams
 
-    from adaras_vllm.engine.gate import GATE_KEY, RESULTS_METHOD
+    from adaras_vllm.engine.gate_runtime import RESULTS_METHOD
+    from adaras_vllm.engine.resolved import GATE_KEY
     from adaras_vllm.organism.assets import ORGANISM_DIR
 
     out, report, val_records, _ = trained

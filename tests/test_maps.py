@@ -459,7 +459,7 @@ def test_top_updates_top_k_keeps_the_name_and_drops_emptied_layers() -> None:
     top = full.top(3)
 
     assert top.name == full.name
-    assert top.metadata["top_k"] == "3" and top.num_neurons == top.top_k == 3
+    assert top.metadata["top_k"] == "3" and top.num_neurons == 3
     assert all(top.layers[layer][0].numel() > 0 for layer in top.layers)
     assert len(top.layers) < len(full.layers)
 

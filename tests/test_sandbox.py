@@ -489,7 +489,7 @@ def test_bad_limits_are_refused_naming_the_field() -> None:
 
 def test_the_server_process_never_imports_the_sandbox() -> None:
     out = subprocess.run(
-        [os.sys.executable, "-c", "import sys, server.app; "
+        [os.sys.executable, "-c", "import sys, adaras_vllm.server.app; "
          "print('adaras_vllm.coding.sandbox' in sys.modules)"],
         cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]

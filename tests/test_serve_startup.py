@@ -13,13 +13,14 @@ import pytest
 from conftest import ENV_VAR, REPO
 
 from adaras_vllm.maps import NeuronMap
+from adaras_vllm.server.app import ServeConfigError
 
 ORGANISM_MAP = REPO / "neuron_maps" / "organism-arith.safetensors"
 
 FORKED_CHILD_CHECK = textwrap.dedent("""
     import json, os, sys
     import vllm.plugins as plugins
-    from server.app import prepare
+    from adaras_vllm.server.app import prepare
     args, policy, keys = prepare(sys.argv[1:])
     loaded_before_maps = plugins.plugins_loaded
     r, w = os.pipe()
@@ -29,14 +30,14 @@ FORKED_CHILD_CHECK = textwrap.dedent("""
         from vllm.v1.engine.async_llm import AsyncLLM
         from vllm.v1.engine.input_processor import InputProcessor
         from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+        from adaras_vllm.engine.patches import is_patched
         from adaras_vllm.engine.plugin import installed
         report = {
             "installed": installed(),
-            "front_end": getattr(InputProcessor.process_inputs, "_adaras", False),
-            "add_request": getattr(AsyncLLM.add_request, "_adaras", False),
-            "runner": getattr(GPUModelRunner._prepare_inputs, "_adaras", False),
-            "prefix_cache": getattr(kv_cache_utils.generate_block_hash_extra_keys,
-                                    "_adaras", False),
+            "front_end": is_patched(InputProcessor.process_inputs),
+            "add_request": is_patched(AsyncLLM.add_request),
+            "runner": is_patched(GPUModelRunner._prepare_inputs),
+            "prefix_cache": is_patched(kv_cache_utils.generate_block_hash_extra_keys),
         }
         os.write(w, json.dumps(report).encode())
         os._exit(0)
@@ -73,7 +74,7 @@ def test_engine_processes_are_spawned_as_vllm_serve_does():
 
 
 def _prepare(monkeypatch, *argv: str):
-    from server.app import prepare
+    from adaras_vllm.server.app import prepare
 
     for var in (ENV_VAR, "ADARAS_DEFAULT_STEER_ALPHA", "ADARAS_MAX_STEER_ALPHA",
                 "ADARAS_DEFAULT_STEER_MODE",
@@ -88,18 +89,18 @@ def test_a_map_default_alpha_above_the_bound_refuses_to_start(monkeypatch, tmp_p
     NeuronMap.from_layers("strong", {0: ([1], [1.0])}, num_hidden_layers=4,
                           intermediate_size=512, hidden_size=128,
                           default_alpha=9.0).save(strong)
-    with pytest.raises(SystemExit, match="map 'strong' default_alpha 9 exceeds the bound 8"):
+    with pytest.raises(ServeConfigError, match="map 'strong' default_alpha 9 exceeds the bound 8"):
         _prepare(monkeypatch, "--model", "m", "--neuron-map", f"strong={strong}")
 
 
 def test_several_api_servers_are_refused_naming_the_flag(monkeypatch):
-    with pytest.raises(SystemExit, match="--api-server-count > 1 is not supported"):
+    with pytest.raises(ServeConfigError, match="--api-server-count > 1 is not supported"):
         _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
                  "--api-server-count", "2")
 
 
 def test_a_non_positive_body_limit_is_refused(monkeypatch):
-    with pytest.raises(SystemExit, match="--max-request-body-bytes must be a positive"):
+    with pytest.raises(ServeConfigError, match="--max-request-body-bytes must be a positive"):
         _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
                  "--max-request-body-bytes", "0")
 
@@ -122,14 +123,14 @@ class _EngineReporting:
 def test_serving_is_refused_when_a_worker_reports_no_steering():
     import asyncio
 
-    from server.app import check_engine_steers
-    from server.steering_fields import SteeringPolicy
+    from adaras_vllm.server.app import check_engine_steers
+    from adaras_vllm.server.steering_fields import SteeringPolicy
 
     policy = SteeringPolicy([NeuronMap.load(ORGANISM_MAP)], max_alpha=8.0)
     ok = {"installed": True, "layers": [0, 1], "tracked_requests": 0}
     assert asyncio.run(check_engine_steers(_EngineReporting([ok, ok]), policy)) == [0, 1]
     missing = {"installed": False, "layers": [], "tracked_requests": 0}
-    with pytest.raises(SystemExit, match=r"rank\(s\) \[1\] report no steering installed"):
+    with pytest.raises(ServeConfigError, match=r"rank\(s\) \[1\] report no steering installed"):
         asyncio.run(check_engine_steers(_EngineReporting([ok, missing]), policy))
 
 
@@ -138,7 +139,7 @@ def test_a_default_adaptive_mode_without_a_gate_on_the_default_map_refuses_to_st
     plain = tmp_path / "plain.safetensors"
     NeuronMap.from_layers("plain", {0: ([1], [1.0])}, num_hidden_layers=4,
                           intermediate_size=512, hidden_size=128).save(plain)
-    with pytest.raises(SystemExit, match="no correctness gate"):
+    with pytest.raises(ServeConfigError, match="no correctness gate"):
         _prepare(monkeypatch, "--model", "m", "--neuron-map", f"plain={plain}",
                  "--default-steer-mode", "adaptive")
 
@@ -149,7 +150,7 @@ def test_a_default_adaptive_mode_starts_when_the_default_map_has_a_gate(monkeypa
 
 
 def test_organism_with_a_named_model_is_refused(monkeypatch):
-    with pytest.raises(SystemExit, match="--organism picks the model when none is named"):
+    with pytest.raises(ServeConfigError, match="--organism picks the model when none is named"):
         _prepare(monkeypatch, "--model", "m", "--organism", "arith")
 
 
@@ -159,6 +160,7 @@ MAPS_SET_AFTER_PLUGINS_LOADED = textwrap.dedent("""
     import vllm.plugins as plugins
     from vllm.plugins import load_general_plugins
     load_general_plugins()  # a plain engine first: vLLM never calls the entry point again
+    from adaras_vllm.engine.patches import is_patched
     from adaras_vllm.engine.plugin import installed
     before = installed()
     os.environ["ADARAS_NEURON_MAPS"] = sys.argv[1]
@@ -166,8 +168,7 @@ MAPS_SET_AFTER_PLUGINS_LOADED = textwrap.dedent("""
     EngineArgs(model=sys.argv[2])  # what LLM(...) builds first
     from vllm.v1.engine.input_processor import InputProcessor
     print("RESULT " + json.dumps({"before": before, "after": installed(),
-                                  "front_end": getattr(InputProcessor.process_inputs,
-                                                       "_adaras", False)}))
+                                  "front_end": is_patched(InputProcessor.process_inputs)}))
 """)
 
 

@@ -130,7 +130,7 @@ def test_an_operator_default_above_the_bound_is_refused_at_start_up(monkeypatch)
 
 @pytest.fixture
 def gated_registry(monkeypatch):
-    from adaras_vllm.maps.gate import random_gate
+    from adaras_vllm.maps.gate_file import random_gate
 
     monkeypatch.delenv("ADARAS_DEFAULT_STEER_ALPHA", raising=False)
     monkeypatch.delenv("ADARAS_DEFAULT_STEER_MODE", raising=False)

@@ -16,6 +16,8 @@ from adaras_vllm.engine.state import SteeringState, steered_token_alpha
 from adaras_vllm.engine.steer import SteeringTables, build_layer_table, steer_
 from adaras_vllm.maps import NeuronMap
 
+from steering_helpers import fill_from_counts
+
 MAPS = ["default_map", "other_map"]
 
 
@@ -36,7 +38,7 @@ def _steer_layer(maps, layer, x, req_alpha, req_map, num_scheduled, num_computed
     if t is None:
         return x
     state = SteeringState(32, "cpu", t.table, x.dtype)
-    state.fill(np.array(req_alpha, np.float32), np.array(req_map), np.array(num_scheduled),
+    fill_from_counts(state, np.array(req_alpha, np.float32), np.array(req_map), np.array(num_scheduled),
                np.array(num_computed), np.array(prompt_len))
     return steer_(x, state.delta, t.indices)
 
@@ -139,7 +141,7 @@ def test_mixed_batch_rows_get_their_own_alpha_and_positions():
 
 def test_fill_lays_out_alpha_and_map_id_per_token():
     s = _state(16)
-    s.fill(np.array([0.5, 2.0]), np.array([1, 0]), np.array([2, 1]), np.array([0, 7]),
+    fill_from_counts(s, np.array([0.5, 2.0]), np.array([1, 0]), np.array([2, 1]), np.array([0, 7]),
            np.array([2, 3]))
     assert s.alpha[:3].tolist() == [0.0, 0.5, 2.0]
     assert s.map_id[:3].tolist() == [1, 1, 0]
@@ -147,23 +149,23 @@ def test_fill_lays_out_alpha_and_map_id_per_token():
 
 def test_a_shorter_step_zeroes_what_the_longer_step_left_behind():
     s = _state(16)
-    s.fill(np.array([1.0]), np.array([1]), np.array([6]), np.array([10]), np.array([2]))
-    s.fill(np.array([1.0]), np.array([1]), np.array([2]), np.array([16]), np.array([2]))
+    fill_from_counts(s, np.array([1.0]), np.array([1]), np.array([6]), np.array([10]), np.array([2]))
+    fill_from_counts(s, np.array([1.0]), np.array([1]), np.array([2]), np.array([16]), np.array([2]))
     assert s.alpha[2:].abs().sum().item() == 0.0
     assert s.map_id[2:].abs().sum().item() == 0
 
 
 def test_an_unsteered_step_clears_the_buffers():
     s = _state(16)
-    s.fill(np.array([1.0]), np.array([1]), np.array([5]), np.array([10]), np.array([2]))
-    s.fill(np.array([0.0]), np.array([1]), np.array([5]), np.array([10]), np.array([2]))
+    fill_from_counts(s, np.array([1.0]), np.array([1]), np.array([5]), np.array([10]), np.array([2]))
+    fill_from_counts(s, np.array([0.0]), np.array([1]), np.array([5]), np.array([10]), np.array([2]))
     assert s.alpha.abs().sum().item() == 0.0 and s.map_id.abs().sum().item() == 0
 
 
 def test_buffers_are_never_rebound_so_a_compiled_graph_keeps_reading_them():
     s = _state(8)
     ptr = (s.alpha.data_ptr(), s.map_id.data_ptr())
-    s.fill(np.array([1.0]), np.array([1]), np.array([3]), np.array([0]), np.array([1]))
+    fill_from_counts(s, np.array([1.0]), np.array([1]), np.array([3]), np.array([0]), np.array([1]))
     s.clear()
     assert (s.alpha.data_ptr(), s.map_id.data_ptr()) == ptr
 
@@ -171,7 +173,7 @@ def test_buffers_are_never_rebound_so_a_compiled_graph_keeps_reading_them():
 def test_a_step_larger_than_the_buffers_is_refused():
     s = _state(4)
     with pytest.raises(RuntimeError, match="5 tokens but the steering buffers hold 4"):
-        s.fill(np.array([1.0]), np.array([0]), np.array([5]), np.array([0]), np.array([1]))
+        fill_from_counts(s, np.array([1.0]), np.array([0]), np.array([5]), np.array([0]), np.array([1]))
 
 
 # ---- layer tables and tensor-parallel shards -------------------------------------------
@@ -246,8 +248,8 @@ def test_rows_past_the_current_tokens_stay_zero_for_padding():
     a = _map("a", {0: ([1], [1.0])})
     t = build_layer_table([a], 0, 0, 16)
     s = SteeringState(8, "cpu", t.table)
-    s.fill(np.array([1.0]), np.array([0]), np.array([6]), np.array([10]), np.array([2]))
-    s.fill(np.array([1.0]), np.array([0]), np.array([2]), np.array([16]), np.array([2]))
+    fill_from_counts(s, np.array([1.0]), np.array([0]), np.array([6]), np.array([10]), np.array([2]))
+    fill_from_counts(s, np.array([1.0]), np.array([0]), np.array([2]), np.array([16]), np.array([2]))
     assert s.delta[:2, 0].tolist() == [1.0, 1.0]
     assert s.delta[2:].abs().sum().item() == 0.0
 
@@ -269,7 +271,7 @@ def test_compiled_op_reads_the_buffers_by_reference_not_as_constants():
         return steer_(x.clone(), state.delta, t.indices)
 
     assert f(torch.zeros(2, 16))[:, 1].tolist() == [0.0, 0.0]
-    state.fill(np.array([1.0, 3.0]), np.array([0, 0]), np.array([1, 1]), np.array([4, 4]),
+    fill_from_counts(state, np.array([1.0, 3.0]), np.array([0, 0]), np.array([1, 1]), np.array([4, 4]),
                np.array([2, 2]))
     assert f(torch.zeros(2, 16))[:, 1].tolist() == [1.0, 3.0]
 

@@ -51,7 +51,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from adaras_vllm.pipeline.traces import split_response
+    from adaras_vllm.responses import split_response
 
     from .problems import extract_code, read_code_problems
     from .sandbox import SandboxLimits, run_candidate

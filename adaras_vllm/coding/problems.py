@@ -93,13 +93,13 @@ def _one_problem(line: Any) -> CodeProblem:
 
 def read_code_problems(path: str | os.PathLike[str]) -> list[CodeProblem]:
     """Coding problems from JSONL (or .jsonl.gz) in our layout, HumanEval's or MBPP's."""
-    from adaras_vllm.pipeline.traces import _Line, _lines
+    from adaras_vllm.jsonl import JsonLine, json_lines
 
     path = Path(path)
     problems: list[CodeProblem] = []
     seen: dict[str, int] = {}
-    for lineno, obj in _lines(path):
-        line = _Line(path, lineno, obj)
+    for lineno, obj in json_lines(path):
+        line = JsonLine(path, lineno, obj)
         problem = _one_problem(line)
         if problem.id in seen:
             raise line.error(f"duplicate id {problem.id!r} (first on line {seen[problem.id]})")

@@ -36,7 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .token_rows import TokenRequestIndex, host_layout
+from .host_rows import HostRows
+from .shard import device_of, intermediate_shard, require_down_projs
+from .step_layout import StepLayout
+from .token_rows import TokenRequestIndex
 
 CAPTURE_ENV = "ADARAS_CAPTURE"
 TOKEN_FEATURES_ENV = "ADARAS_CAPTURE_TOKEN_FEATURES"
@@ -133,10 +136,7 @@ class CaptureState:
         rows = max_tokens + 1
         self.req_slot = torch.full((rows,), self.trash, dtype=torch.int64, device=device)
         self.req_prompt_len = torch.zeros(rows, dtype=torch.int64, device=device)
-        self._host = (self.req_slot, self.req_prompt_len) if device.type == "cpu" else (
-            torch.full_like(self.req_slot, self.trash, device="cpu"),
-            torch.zeros_like(self.req_prompt_len, device="cpu"))
-        self._host_np = tuple(t.numpy() for t in self._host)
+        self._host_rows = HostRows({"slot": self.req_slot, "prompt_len": self.req_prompt_len})
         self._rows = TokenRequestIndex(max_tokens, max_tokens, device)
         self._tok_slot = torch.zeros(max_tokens, dtype=torch.int64, device=device)
         self._tok_plen = torch.zeros(max_tokens, dtype=torch.int64, device=device)
@@ -165,27 +165,17 @@ class CaptureState:
             self._keys[req_id] = str(key) if key is not None else None
         return self._keys[req_id]
 
-    def on_step(
-        self,
-        req_ids: list[str],
-        keys: list[str | None],
-        num_scheduled: np.ndarray,
-        num_computed: np.ndarray,
-        prompt_len: np.ndarray,
-        live: set[str] | None = None,
-        query_start_loc: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
-    ) -> None:
-        """Route this step's tokens to slots. Host arrays are per batch row (bookkeeping);
-        ``query_start_loc`` (``[R + 1]``) and ``positions`` (``[T]``) are the batch's own
-        device tensors (built back to back from the host counts when not given).
-
-        ``live`` (V1, which has no removal hook) lets slots of vanished requests go.
-        """
+    def on_step(self, layout: StepLayout, keys: list[str | None],
+                live: set[str] | None = None) -> None:
+        """Route this step's tokens to slots. ``keys``: each batch row's capture key (None:
+        not captured). ``live`` (V1, which has no removal hook) lets slots of vanished
+        requests go."""
+        req_ids = layout.req_ids
+        num_scheduled, num_computed, prompt_len = (
+            layout.num_scheduled, layout.num_computed, layout.prompt_len)
         self.harvest()  # also collects the last step's per-token rows
         if live is not None and len(self._keys) > 2 * self.max_slots:
             self.prune(live)
-        num_scheduled = num_scheduled.astype(np.int64, copy=False)
         total = int(num_scheduled.sum())
         if total > self.slot.shape[0]:
             raise RuntimeError(
@@ -222,11 +212,7 @@ class CaptureState:
             for slot in fresh:
                 self._token_rows.pop(slot, None)
 
-        if query_start_loc is None or positions is None:
-            qsl, pos = host_layout(num_scheduled, num_computed)
-            query_start_loc = torch.as_tensor(qsl, device=self.slot.device)
-            positions = torch.as_tensor(pos, device=self.slot.device)
-        self._route(row_slot, prompt_len, query_start_loc, positions)
+        self._route(row_slot, prompt_len, layout.query_start_loc, layout.positions)
 
         captured = row_slot != self.trash
         added = np.minimum(num_computed + num_scheduled, prompt_len) - np.minimum(
@@ -245,15 +231,13 @@ class CaptureState:
         """Per-token slot on the device: the request's slot at prompt positions, else trash."""
         num_reqs = int(row_slot.shape[0])
         total = int(positions.shape[0])
-        slot_np, plen_np = self._host_np
-        slot_np[:num_reqs] = row_slot
-        plen_np[:num_reqs] = prompt_len
-        slot_np[num_reqs] = self.trash  # tokens past the last request (padding)
-        plen_np[num_reqs] = 0
-        if self._host[0] is not self.req_slot:
-            # Blocking: the host rows are rewritten next step (capture is not latency-bound).
-            self.req_slot[: num_reqs + 1].copy_(self._host[0][: num_reqs + 1])
-            self.req_prompt_len[: num_reqs + 1].copy_(self._host[1][: num_reqs + 1])
+        host = self._host_rows
+        host.wait()
+        host.np["slot"][:num_reqs] = row_slot
+        host.np["prompt_len"][:num_reqs] = prompt_len
+        host.np["slot"][num_reqs] = self.trash  # tokens past the last request (padding)
+        host.np["prompt_len"][num_reqs] = 0
+        host.publish(num_reqs + 1)
         req = self._rows.build(query_start_loc, num_reqs, total)
         torch.index_select(self.req_slot, 0, req, out=self._tok_slot[:total])
         torch.index_select(self.req_prompt_len, 0, req, out=self._tok_plen[:total])
@@ -340,18 +324,12 @@ def install_capture(
     model: nn.Module, num_layers: int, *, max_slots: int, max_tokens: int
 ) -> CaptureState:
     """Patch every ``layers.N.mlp.down_proj`` to add its input into the capture sums."""
-    from .model_patch import find_mlps, with_mixin
+    from .model_patch import with_mixin
 
-    _, downs = find_mlps(model)
-    missing = sorted(set(range(num_layers)) - set(downs))
-    if missing:
-        raise RuntimeError(
-            f"adaras capture: no layers.N.mlp.down_proj for layer(s) {missing} "
-            "(mixture-of-experts MLPs are not supported)"
-        )
+    downs = require_down_projs(model, range(num_layers), lambda layer: "capture mode reads")
     first = downs[0]
-    width = int(getattr(first, "input_size_per_partition", 0) or first.weight.shape[1])
-    device = next(first.parameters()).device
+    _, width = intermediate_shard(first)
+    device = device_of(first)
     state = CaptureState(num_layers, width, max_slots, max_tokens, device)
     for layer, down in downs.items():
         down.adaras_sums = state.sums[layer]
@@ -388,14 +366,12 @@ def _install_token_features(state: CaptureState, downs: dict[int, nn.Module],
     per_layer: dict[int, list[tuple[int, int]]] = {}
     for order, (layer, neuron) in enumerate(zip(layers, neurons)):
         if layer not in downs:
-            raise ValueError(f"{TOKEN_FEATURES_ENV}: layer {layer} has no mlp.down_proj")
+            raise ValueError(f"{TOKEN_FEATURES_ENV}: layer {layer} is not a layer of the model "
+                             f"(0..{max(downs)})")
         per_layer.setdefault(layer, []).append((order, neuron))
     columns: list[tuple[int, int, int]] = []  # (order, layer, local neuron)
     for layer in sorted(per_layer):
-        down = downs[layer]
-        local = int(getattr(down, "input_size_per_partition", 0) or down.weight.shape[1])
-        rank = int(getattr(down, "tp_rank", 0) or 0)
-        start = rank * local
+        start, local = intermediate_shard(downs[layer])
         columns += [(o, layer, n - start) for o, n in per_layer[layer]
                     if start <= n < start + local]
     state.token_features = torch.zeros(max_tokens, len(columns), dtype=torch.float32,

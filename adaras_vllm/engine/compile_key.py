@@ -12,6 +12,7 @@ import functools
 import hashlib
 
 from .capture import capture_enabled
+from .patches import Patch
 from .registry import active_registry
 
 _VERSION = "adaras-steering-op/1"
@@ -29,13 +30,7 @@ def steering_hash_factor() -> str | None:
     return "|".join(parts) or None
 
 
-def patch_compile_hash() -> None:
-    from vllm.config import VllmConfig
-
-    original = VllmConfig.compute_hash
-    if getattr(original, "_adaras", False):
-        return
-
+def _with_steering_factor(original):  # noqa: ANN001, ANN202
     @functools.wraps(original)
     def compute_hash(self, *args, **kwargs):  # noqa: ANN001, ANN202
         base = original(self, *args, **kwargs)
@@ -44,5 +39,11 @@ def patch_compile_hash() -> None:
             return base
         return hashlib.sha256(f"{base}|{factor}".encode()).hexdigest()[: len(base)]
 
-    compute_hash._adaras = True
-    VllmConfig.compute_hash = compute_hash
+    return compute_hash
+
+
+PATCHES = (
+    Patch("vllm.config:VllmConfig.compute_hash", params=("self",), wrap=_with_steering_factor,
+          why="the compile-cache key covers the maps",
+          until="vLLM keys its compile cache on plugin-provided factors"),
+)

@@ -19,14 +19,15 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-from .gate import GATE_KEY
 from .params import (
     SteeringParamError,
     SteeringParams,
     is_steering_key,
     merge_request_fields,
 )
+from .patches import Patch
 from .registry import MapRegistry, active_registry
+from .resolved import GATE_KEY
 from .request_context import HTTP_STEERING, IN_BEAM_SEARCH, HttpSteering
 from .support import check_supported
 
@@ -101,20 +102,7 @@ def _resolve_into(params: Any, decision: SteeringParams, *, key: str | None = No
         params.skip_reading_prefix_cache = True
 
 
-def patch_input_validation() -> None:
-    """Install the decision in the front end (idempotent)."""
-    from vllm.sampling_params import SamplingParams
-    from vllm.v1.engine.async_llm import AsyncLLM
-    from vllm.v1.engine.input_processor import InputProcessor
-    from vllm.v1.engine.llm_engine import LLMEngine
-
-    if getattr(InputProcessor.process_inputs, "_adaras", False):
-        return
-    original_init = InputProcessor.__init__
-    original_process = InputProcessor.process_inputs
-    original_add = AsyncLLM.add_request
-    original_engine_add = LLMEngine.add_request
-
+def _refusing_unfit_maps(original_init):  # noqa: ANN001, ANN202
     @functools.wraps(original_init)
     def __init__(self, vllm_config, *args, **kwargs):  # noqa: ANN001, ANN202
         # Refuse maps that do not fit the served model in the front end too, so the
@@ -129,6 +117,12 @@ def patch_input_validation() -> None:
             check_supported(vllm_config, gated=bool(registry.gated_names))
         original_init(self, vllm_config, *args, **kwargs)
 
+    return __init__
+
+
+def _deciding_in_process_inputs(original_process):  # noqa: ANN001, ANN202
+    from vllm.sampling_params import SamplingParams
+
     @functools.wraps(original_process)
     def process_inputs(self, request_id, prompt, params, *args, **kwargs):  # noqa: ANN001, ANN202
         registry = active_registry()
@@ -142,13 +136,18 @@ def patch_input_validation() -> None:
             _resolve_into(request.sampling_params, decision)
         return request
 
+    return process_inputs
+
+
+def _deciding_in_the_callers_task(original_add):  # noqa: ANN001, ANN202
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.engine import EngineCoreRequest
+
     @functools.wraps(original_add)
     async def add_request(self, request_id, prompt, params, *args, **kwargs):  # noqa: ANN001, ANN202
         # The caller's task: the HTTP fields are visible here (not in process_inputs,
         # which may run on the renderer's thread pool), so resolve now, into a copy.
         registry = active_registry()
-        from vllm.v1.engine import EngineCoreRequest
-
         if registry and isinstance(params, SamplingParams):
             http = HTTP_STEERING.get()
             core_request = isinstance(prompt, EngineCoreRequest)
@@ -170,12 +169,16 @@ def patch_input_validation() -> None:
                 http.gate_keys.append((params.extra_args or {}).get(GATE_KEY))
         return await original_add(self, request_id, prompt, params, *args, **kwargs)
 
+    return add_request
+
+
+def _deciding_for_ready_requests(original_engine_add):  # noqa: ANN001, ANN202
+    from vllm.v1.engine import EngineCoreRequest
+
     @functools.wraps(original_engine_add)
-    def engine_add_request(self, request_id, prompt, params, *args, **kwargs):  # noqa: ANN001, ANN202
+    def add_request(self, request_id, prompt, params, *args, **kwargs):  # noqa: ANN001, ANN202
         # Offline: a raw prompt goes through process_inputs; a ready EngineCoreRequest
         # does not, so decide for it here.
-        from vllm.v1.engine import EngineCoreRequest
-
         registry = active_registry()
         if (registry and isinstance(prompt, EngineCoreRequest)
                 and prompt.sampling_params is not None):
@@ -183,24 +186,12 @@ def patch_input_validation() -> None:
             _resolve_into(prompt.sampling_params, decision)
         return original_engine_add(self, request_id, prompt, params, *args, **kwargs)
 
-    InputProcessor.__init__ = __init__
-    process_inputs._adaras = True
-    InputProcessor.process_inputs = process_inputs
-    add_request._adaras = True
-    AsyncLLM.add_request = add_request
-    LLMEngine.add_request = engine_add_request
-    _patch_beam_search()
+    return add_request
 
 
-def _patch_beam_search() -> None:
-    """Mark the requests beam search makes (online and offline), see ``decide``."""
-    from vllm.entrypoints.generate.beam_search.offline import BeamSearchOfflineMixin
-    from vllm.entrypoints.generate.beam_search.online import BeamSearchOnlineMixin
-
-    online = BeamSearchOnlineMixin.beam_search
-
+def _marking_beam_search_online(online):  # noqa: ANN001, ANN202
     @functools.wraps(online)
-    async def beam_search_online(self, *args, **kwargs):  # noqa: ANN001, ANN202
+    async def beam_search(self, *args, **kwargs):  # noqa: ANN001, ANN202
         token = IN_BEAM_SEARCH.set(True)
         try:
             async for out in online(self, *args, **kwargs):
@@ -211,15 +202,44 @@ def _patch_beam_search() -> None:
             except ValueError:  # closed from another context: that context ends anyway
                 pass
 
-    offline = BeamSearchOfflineMixin.beam_search
+    return beam_search
 
+
+def _marking_beam_search_offline(offline):  # noqa: ANN001, ANN202
     @functools.wraps(offline)
-    def beam_search_offline(self, *args, **kwargs):  # noqa: ANN001, ANN202
+    def beam_search(self, *args, **kwargs):  # noqa: ANN001, ANN202
         token = IN_BEAM_SEARCH.set(True)
         try:
             return offline(self, *args, **kwargs)
         finally:
             IN_BEAM_SEARCH.reset(token)
 
-    BeamSearchOnlineMixin.beam_search = beam_search_online
-    BeamSearchOfflineMixin.beam_search = beam_search_offline
+    return beam_search
+
+
+_DECIDE_UNTIL = "vLLM validates extra_args through a plugin hook with the request's context"
+_BEAM_WHY = "beam search re-submits beams as fresh prompts steering cannot follow: mark them"
+_REQUEST = ("self", "request_id", "prompt", "params")
+PATCHES = (
+    Patch("vllm.v1.engine.input_processor:InputProcessor.__init__",
+          params=("self", "vllm_config"), wrap=_refusing_unfit_maps,
+          why="refuse maps that do not fit the served model, in the front end",
+          until="vLLM validates plugin configuration against the model"),
+    Patch("vllm.v1.engine.input_processor:InputProcessor.process_inputs", params=_REQUEST,
+          wrap=_deciding_in_process_inputs,
+          why="decide each request's steering once, offline and under vllm serve",
+          until=_DECIDE_UNTIL),
+    Patch("vllm.v1.engine.async_llm:AsyncLLM.add_request", params=_REQUEST,
+          wrap=_deciding_in_the_callers_task,
+          why="decide in the caller's task, where the HTTP fields are visible",
+          until=_DECIDE_UNTIL),
+    Patch("vllm.v1.engine.llm_engine:LLMEngine.add_request", params=_REQUEST,
+          wrap=_deciding_for_ready_requests,
+          why="decide for a ready EngineCoreRequest offline", until=_DECIDE_UNTIL),
+    Patch("vllm.entrypoints.generate.beam_search.online:BeamSearchOnlineMixin.beam_search",
+          params=("self",), wrap=_marking_beam_search_online, why=_BEAM_WHY,
+          until="vLLM marks the requests beam search derives"),
+    Patch("vllm.entrypoints.generate.beam_search.offline:BeamSearchOfflineMixin.beam_search",
+          params=("self",), wrap=_marking_beam_search_offline, why=_BEAM_WHY,
+          until="vLLM marks the requests beam search derives"),
+)

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from adaras_vllm.maps import MapMismatchError, NeuronMap
+from adaras_vllm.maps import NeuronMap
 
+from .shard import device_of, intermediate_shard, layers_of_other_stages, require_down_projs
 from .state import SteeringState
 from .steer import LayerTable, SteeringTables, build_layer_table, steer_
-
-_DOWN_PROJ = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.down_proj$")
-_MLP = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp$")
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)$")
 
 
 class SteeredDownProj:
@@ -50,33 +46,6 @@ def with_mixin(mixin: type, cls: type) -> type:
     return _mixed_classes[key]
 
 
-def _shard_of(down_proj: nn.Module, full_size: int) -> tuple[int, int]:
-    """Which columns of the intermediate dim this rank's ``down_proj`` receives."""
-    local = getattr(down_proj, "input_size_per_partition", None)
-    if local is None:
-        return 0, full_size
-    rank = getattr(down_proj, "tp_rank", 0) if local != full_size else 0
-    return rank * local, local
-
-
-def layers_of_other_stages(model: nn.Module) -> set[int]:
-    """Decoder layers another pipeline stage owns: vLLM leaves a ``PPMissingLayer`` here."""
-    return {int(m.group(1)) for name, mod in model.named_modules()
-            if type(mod).__name__ == "PPMissingLayer" and (m := _LAYER.search(name))}
-
-
-def find_mlps(model: nn.Module) -> tuple[dict[int, nn.Module], dict[int, nn.Module]]:
-    """``layers.N.mlp`` and ``layers.N.mlp.down_proj`` modules by layer index."""
-    mlps: dict[int, nn.Module] = {}
-    downs: dict[int, nn.Module] = {}
-    for name, mod in model.named_modules():
-        if (m := _DOWN_PROJ.search(name)) is not None:
-            downs[int(m.group(1))] = mod
-        elif (m := _MLP.search(name)) is not None:
-            mlps[int(m.group(1))] = mod
-    return mlps, downs
-
-
 def install_steering(
     model: nn.Module,
     maps: Sequence[NeuronMap],
@@ -94,31 +63,18 @@ def install_steering(
     """
     for m in maps:
         m.validate(model_config)
-    mlps, downs = find_mlps(model)
-    elsewhere = layers_of_other_stages(model)
+    mapped = {layer for m in maps for layer in m.layers} - layers_of_other_stages(model)
+    downs = require_down_projs(model, mapped, lambda layer: "neuron map(s) " + ", ".join(
+        m.name for m in maps if layer in m.layers) + " steer")
     layer_tables: dict[int, LayerTable] = {}
-    for layer in sorted({layer for m in maps for layer in m.layers} - elsewhere):
-        down = downs.get(layer)
-        if down is None:
-            mlp = mlps.get(layer)
-            if mlp is not None and hasattr(mlp, "experts"):
-                raise MapMismatchError(
-                    f"layer {layer} has a mixture-of-experts MLP ({type(mlp).__name__}); "
-                    "steering MoE MLPs is not supported"
-                )
-            names = ", ".join(m.name for m in maps if layer in m.layers)
-            found = f"layers {min(downs)}..{max(downs)}" if downs else "none at all"
-            raise MapMismatchError(
-                f"neuron map(s) {names} steer layer {layer}, but the model has no "
-                f"layers.{layer}.mlp.down_proj (found {found})"
-            )
-        start, size = _shard_of(down, int(model_config.intermediate_size))
+    for layer in sorted(mapped):
+        start, size = intermediate_shard(downs[layer], int(model_config.intermediate_size))
         table = build_layer_table(maps, layer, start, size)
         if table is not None:
             layer_tables[layer] = table
 
     tables = SteeringTables.concat(layer_tables, len(maps))
-    device = _device_of(downs[min(downs)]) if downs else torch.device("cpu")
+    device = device_of(downs[min(downs)]) if downs else torch.device("cpu")
     state = SteeringState(max_tokens, device, tables.table, dtype)
     for layer in layer_tables:
         down = downs[layer]
@@ -132,9 +88,3 @@ def install_steering(
         down.__class__ = with_mixin(SteeredDownProj, type(down))
     state.steered_layers = sorted(layer_tables)
     return state
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")

@@ -4,9 +4,10 @@ The keys are flat (``steer_alpha``, ``steer_map``, ``steer_mode``) so that plain
 ``vllm serve`` clients can send them as ``vllm_xargs``. The engine front end calls this
 parser for every request of every route and entry point (HTTP, ``vllm serve``, offline
 ``LLM``), applies the operator's defaults and bounds, and writes the *resolved* values back
-into the request's ``extra_args``. Engine processes read those resolved values with the
-same parser (which must then never fail a whole batch for one request), so the front end,
-the prefix-cache key and the workers always agree on what a request means.
+into the request's ``extra_args``. Engine processes read that record with
+``ResolvedSteering.from_extra_args`` (``resolved.py``), which applies no default of its own
+and never fails a whole batch for one request, so the front end, the prefix-cache key and
+the workers always agree on what a request means.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ STEER_MAP = "steer_map"
 STEER_MODE = "steer_mode"
 KNOWN_KEYS = (STEER_ALPHA, STEER_MAP, STEER_MODE)
 MODES = ("always", "off", "adaptive")
-API_MODES = MODES
 
 DEFAULT_MAX_STEER_ALPHA = 8.0
 MAX_ALPHA_ENV = "ADARAS_MAX_STEER_ALPHA"

@@ -20,12 +20,24 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 
 from .capture import capture_enabled
+from .patches import Patch, apply, check_vllm_version
 from .registry import active_registry, steering_enabled
 
 logger = logging.getLogger("vllm.adaras")
 _registered = False
+
+
+def steering_patches() -> tuple[Patch, ...]:
+    """Every patch a process with maps (or capture mode) needs, in the order applied."""
+    from . import compile_key, frontend, prefix_cache, runner_v1, runner_v2, scheduler_trim
+    from . import worker_rpcs
+
+    return (*compile_key.PATCHES, *frontend.PATCHES, *prefix_cache.PATCHES,
+            *scheduler_trim.PATCHES, *runner_v1.PATCHES, *runner_v2.PATCHES,
+            *worker_rpcs.PATCHES)
 
 
 def register() -> None:
@@ -35,21 +47,10 @@ def register() -> None:
     if not (steering_enabled() or capture_enabled()):
         _register_again_when_engines_start()
         return
+    check_vllm_version()  # before loading anything: one sentence on another vLLM
     registry = active_registry()  # load (and check) the maps now: a bad path fails at start-up
     registry.check_defaults()
-    from .compile_key import patch_compile_hash
-    from .frontend import patch_input_validation
-    from .prefix_cache import patch_prefix_cache_keys
-    from .runner_hooks import patch_v1_runners, patch_v2_runner, patch_worker_rpcs
-    from .scheduler_trim import patch_scheduler
-
-    patch_compile_hash()
-    patch_input_validation()
-    patch_prefix_cache_keys()
-    patch_scheduler()
-    patch_v1_runners()
-    patch_v2_runner()
-    patch_worker_rpcs()
+    apply(steering_patches())
     _registered = True
     logger.info(
         "adaras: steering installed in process %d (maps: %s; front-end decision, prefix-cache "
@@ -64,20 +65,28 @@ def installed() -> bool:
     return _registered
 
 
+def _registering_again(load_general_plugins: Callable[[], None]) -> Callable[[], None]:
+    @functools.wraps(load_general_plugins)
+    def wrapper() -> None:
+        load_general_plugins()
+        register()
+
+    return wrapper
+
+
+PLUGIN_PATCHES = (
+    Patch("vllm.plugins:load_general_plugins", wrap=_registering_again,
+          why="maps set after a process loaded its plugins still install at its next engine",
+          until="vLLM calls general plugins once per engine, or has a per-engine plugin hook"),
+)
+
+
 def _register_again_when_engines_start() -> None:
     """Make vLLM's later ``load_general_plugins()`` calls (one per engine's arguments, which
     import it when called) run ``register`` again, so maps configured after the plugins
-    were first loaded still install steering in this process."""
-    import vllm.plugins as plugins
-
-    original = plugins.load_general_plugins
-    if getattr(original, "_adaras", False):
-        return
-
-    @functools.wraps(original)
-    def load_general_plugins() -> None:
-        original()
-        register()
-
-    load_general_plugins._adaras = True  # type: ignore[attr-defined]
-    plugins.load_general_plugins = load_general_plugins
+    were first loaded still install steering in this process. On a vLLM these patches do
+    not fit, a process without maps keeps plain vLLM and says so once."""
+    try:
+        apply(PLUGIN_PATCHES)
+    except RuntimeError as e:
+        logger.warning("adaras: steering is unavailable in this process: %s", e)

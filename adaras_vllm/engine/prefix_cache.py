@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .params import SteeringParamError
+from .patches import Patch
 from .registry import MapRegistry, active_registry
+from .resolved import resolved_of
 
 
 def steering_block_key(
@@ -29,13 +30,9 @@ def steering_block_key(
     a continuation (a longer prompt over the same tokens) must not reuse KV that was
     steered at positions it leaves unsteered.
     """
-    params = getattr(request, "sampling_params", None)
-    if params is None or not registry:
+    if not registry:
         return None
-    try:
-        p = registry.parse(params.extra_args)
-    except SteeringParamError:
-        return None  # such a request is refused by the front end and never steered
+    p = resolved_of(request, registry.names, registry.gated_names)
     # The block holds positions [start, end); steered ones are t >= P - 1.
     if not p.steered or end_token_idx < request.num_prompt_tokens:
         return None
@@ -58,22 +55,20 @@ def _with_steering_key(original):  # noqa: ANN001, ANN202
             return keys, next_mm_idx
         return (*(keys or ()), key), next_mm_idx
 
-    generate_block_hash_extra_keys._adaras = True
     return generate_block_hash_extra_keys
 
 
-def patch_prefix_cache_keys() -> None:
-    """Wrap the extra-key function everywhere vLLM bound it by name."""
-    from vllm.v1.core import block_pool, kv_cache_utils
-
-    modules = [kv_cache_utils, block_pool]
-    try:
-        from vllm.v1.simple_kv_offload import manager
-
-        modules.append(manager)
-    except ImportError:
-        pass
-    for mod in modules:
-        fn = getattr(mod, "generate_block_hash_extra_keys", None)
-        if fn is not None and not getattr(fn, "_adaras", False):
-            mod.generate_block_hash_extra_keys = _with_steering_key(fn)
+_WHY = "steered blocks get their own prefix-cache key"
+_UNTIL = "vLLM takes plugin extra keys per block"
+#: vLLM binds the extra-key function by name in each of these modules: wrap it in each.
+PATCHES = (
+    Patch("vllm.v1.core.kv_cache_utils:generate_block_hash_extra_keys",
+          params=("request", "start_token_idx", "end_token_idx", "start_mm_idx"),
+          wrap=_with_steering_key, why=_WHY, until=_UNTIL),
+    Patch("vllm.v1.core.block_pool:generate_block_hash_extra_keys",
+          params=("request", "start_token_idx", "end_token_idx", "start_mm_idx"),
+          wrap=_with_steering_key, why=_WHY, until=_UNTIL),
+    Patch("vllm.v1.simple_kv_offload.manager:generate_block_hash_extra_keys",
+          params=("request", "start_token_idx", "end_token_idx", "start_mm_idx"),
+          wrap=_with_steering_key, why=_WHY, until=_UNTIL, optional=True),
+)

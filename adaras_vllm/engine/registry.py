@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 from functools import lru_cache
-from pathlib import Path
 
 from adaras_vllm.maps import NeuronMap
+from adaras_vllm.maps.shipped import resolve_map_path
 
 from .params import (
     SteeringParamError,
@@ -46,10 +46,6 @@ class MapRegistry:
 
     def __bool__(self) -> bool:
         return bool(self.maps)
-
-    @property
-    def default(self) -> NeuronMap:
-        return self.maps[0]
 
     def map_id(self, name: str) -> int:
         return self._ids[name]
@@ -113,36 +109,15 @@ class MapRegistry:
             name, sep, path = entry.partition("=")
             if not sep:
                 name, path = "", entry
-            p = Path(path).expanduser()
-            if not os.path.lexists(p):
-                p = shipped_map(path) or p
-            if not os.path.lexists(p):
-                raise FileNotFoundError(
-                    f"neuron map file {str(p)!r} (entry {entry!r}) does not exist, and no "
-                    f"shipped map has that name (shipped: {', '.join(shipped_names())})"
-                )
+            try:
+                p = resolve_map_path(path)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{e} (entry {entry!r})") from None
             m = NeuronMap.load(p)
             if name:
                 m = m.renamed(name)
             maps.append(m)
         return cls(maps)
-
-
-def shipped_map(name: str) -> Path | None:
-    """``neuron_maps/NAME.safetensors`` of this checkout (or ``$ADARAS_HOME``), if any."""
-    from adaras_vllm.organism.assets import REPO_ROOT
-
-    if not name or "/" in name or name.endswith(".safetensors"):
-        return None
-    candidate = REPO_ROOT / "neuron_maps" / f"{name}.safetensors"
-    return candidate if candidate.is_file() else None
-
-
-def shipped_names() -> list[str]:
-    from adaras_vllm.organism.assets import REPO_ROOT
-
-    return sorted(p.name.removesuffix(".safetensors")
-                  for p in (REPO_ROOT / "neuron_maps").glob("*.safetensors"))
 
 
 @lru_cache(maxsize=None)

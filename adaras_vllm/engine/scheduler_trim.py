@@ -22,30 +22,15 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .params import SteeringParamError
+from .patches import Patch
 from .registry import active_registry
-
-_ATTR = "_adaras_gated"
+from .resolved import resolved_of
 
 
 def is_gated(request: Any) -> bool:
-    """Whether the front end resolved this request to ``adaptive`` with an alpha (cached)."""
-    cached = getattr(request, _ATTR, None)
-    if cached is not None:
-        return cached
-    params = getattr(request, "sampling_params", None)
-    gated = False
+    """Whether the front end resolved this request to ``adaptive`` with an alpha."""
     registry = active_registry()
-    if params is not None and registry:
-        try:
-            gated = registry.parse(params.extra_args).gated
-        except SteeringParamError:
-            gated = False
-    try:
-        setattr(request, _ATTR, gated)
-    except AttributeError:  # a slotted stand-in: parse every time
-        pass
-    return gated
+    return bool(registry) and resolved_of(request, registry.names, registry.gated_names).gated
 
 
 def trimmed_chunk(num_prompt_tokens: int, num_computed: int, num_new: int) -> int:
@@ -62,19 +47,16 @@ def keep_gated_off_the_prefix_cache(request: Any) -> None:
         request.skip_reading_prefix_cache = True
 
 
-def patch_scheduler() -> None:
-    from vllm.v1.core.sched.scheduler import Scheduler
-
-    original = Scheduler._reserve_prefill_lookahead
-    if getattr(original, "_adaras", False):
-        return
-    original_add = Scheduler.add_request
-
-    @functools.wraps(original_add)
+def _keeping_gated_off_the_cache(original):  # noqa: ANN001, ANN202
+    @functools.wraps(original)
     def add_request(self, request):  # noqa: ANN001, ANN202
         keep_gated_off_the_prefix_cache(request)
-        return original_add(self, request)
+        return original(self, request)
 
+    return add_request
+
+
+def _trimming_gated_chunks(original):  # noqa: ANN001, ANN202
     @functools.wraps(original)
     def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):  # noqa: ANN001, ANN202
         num_new = original(self, request, num_computed_tokens, num_new_tokens)
@@ -83,7 +65,17 @@ def patch_scheduler() -> None:
                                  num_new)
         return num_new
 
-    _reserve_prefill_lookahead._adaras = True
-    add_request._adaras = True
-    Scheduler._reserve_prefill_lookahead = _reserve_prefill_lookahead
-    Scheduler.add_request = add_request
+    return _reserve_prefill_lookahead
+
+
+PATCHES = (
+    Patch("vllm.v1.core.sched.scheduler:Scheduler.add_request", params=("self", "request"),
+          wrap=_keeping_gated_off_the_cache,
+          why="adaptive requests never read the prefix cache",
+          until="the scheduler honours skip_reading_prefix_cache from any front end"),
+    Patch("vllm.v1.core.sched.scheduler:Scheduler._reserve_prefill_lookahead",
+          params=("self", "request", "num_computed_tokens", "num_new_tokens"),
+          wrap=_trimming_gated_chunks,
+          why="an adaptive request's position P-1 runs after its gate saw 0..P-2",
+          until="vLLM lets a plugin bound where a prefill chunk ends"),
+)

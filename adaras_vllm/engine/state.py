@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .token_rows import TokenRequestIndex, host_layout
+from .host_rows import HostRows
+from .token_rows import TokenRequestIndex
 
 
 def steered_token_alpha(
@@ -77,19 +78,8 @@ class SteeringState:
         self.req_alpha = torch.zeros(rows, dtype=torch.float32, device=device)
         self.req_map_id = torch.zeros(rows, dtype=torch.int64, device=device)
         self.req_first_steered = torch.zeros(rows, dtype=torch.int64, device=device)
-        self._on_host = device.type == "cpu"
-        if self._on_host:
-            self._host = (self.req_alpha, self.req_map_id, self.req_first_steered)
-        else:
-            pin = torch.cuda.is_available()
-            self._host = tuple(torch.zeros(rows, dtype=t.dtype, pin_memory=pin)
-                               for t in (self.req_alpha, self.req_map_id,
-                                         self.req_first_steered))
-        self._host_np = tuple(t.numpy() for t in self._host)
-        # The host->device copy is asynchronous: the host rows must not be rewritten
-        # until the previous step's copy has run (with async scheduling the CPU can be
-        # a step ahead). Waits only for that copy, not for the forward.
-        self._copied = torch.cuda.Event() if device.type == "cuda" else None
+        self._host_rows = HostRows({"alpha": self.req_alpha, "map_id": self.req_map_id,
+                                    "first_steered": self.req_first_steered})
         self._dirty = 0  # leading token rows that may be non-zero
         self.steered_layers: list[int] = []  # set by install_steering, for logs
 
@@ -117,18 +107,13 @@ class SteeringState:
         if not np.any(req_alpha):
             self.clear()
             return
-        self._wait_for_last_copy()
-        alpha_np, map_np, first_np = self._host_np
-        alpha_np[:num_reqs] = req_alpha
-        map_np[:num_reqs] = req_map_id
-        first_np[:num_reqs] = prompt_len.astype(np.int64, copy=False) - 1
-        alpha_np[num_reqs] = 0.0  # tokens past the last request: never steered
-        if not self._on_host:
-            for dev, host in zip((self.req_alpha, self.req_map_id, self.req_first_steered),
-                                 self._host):
-                dev[: num_reqs + 1].copy_(host[: num_reqs + 1], non_blocking=True)
-            if self._copied is not None:
-                self._copied.record()
+        host = self._host_rows
+        host.wait()
+        host.np["alpha"][:num_reqs] = req_alpha
+        host.np["map_id"][:num_reqs] = req_map_id
+        host.np["first_steered"][:num_reqs] = prompt_len.astype(np.int64, copy=False) - 1
+        host.np["alpha"][num_reqs] = 0.0  # tokens past the last request: never steered
+        host.publish(num_reqs + 1)
         if alpha_factor is not None:
             self.req_alpha[:num_reqs].mul_(alpha_factor)
         req = self._rows.build(query_start_loc, num_reqs, total)
@@ -143,22 +128,6 @@ class SteeringState:
         self._publish(used)
         self._dirty = total
 
-    def fill(
-        self,
-        req_alpha: np.ndarray,
-        req_map_id: np.ndarray,
-        num_scheduled: np.ndarray,
-        num_computed: np.ndarray,
-        prompt_len: np.ndarray,
-    ) -> None:
-        """``fill_requests`` from host counts (tests and tools that have no runner): the
-        layout a runner would build, made here."""
-        query_start_loc, positions = host_layout(num_scheduled, num_computed)
-        device = self.alpha.device
-        self.fill_requests(req_alpha, req_map_id, prompt_len,
-                           torch.as_tensor(query_start_loc, device=device),
-                           torch.as_tensor(positions, device=device))
-
     def clear(self) -> None:
         """Zero whatever the last fill wrote (a no-op when already zero)."""
         if self._dirty == 0:
@@ -168,10 +137,6 @@ class SteeringState:
         self.map_id[:used].zero_()
         self._publish(used)
         self._dirty = 0
-
-    def _wait_for_last_copy(self) -> None:
-        if self._copied is not None:
-            self._copied.synchronize()
 
     def _publish(self, n: int) -> None:
         """Recompute rows ``[0, n)`` of the deltas in place from per-token alpha/map id."""

@@ -72,10 +72,6 @@ class SteeringTables:
         indices = {layer: t.indices for layer, t in layers.items()}
         return cls(table=table, indices=indices, columns=columns)
 
-    @property
-    def num_neurons(self) -> int:
-        return int(self.table.shape[1])
-
 
 def steer_(
     x: torch.Tensor, delta: torch.Tensor, indices: torch.Tensor,

@@ -33,16 +33,3 @@ class TokenRequestIndex:
         torch.searchsorted(self._ends[:num_reqs], self._token_index[:total], right=True,
                            out=out)
         return out
-
-
-def host_layout(num_scheduled, num_computed):  # noqa: ANN001, ANN201
-    """``(query_start_loc, positions)`` as a runner lays rows out back to back: for tools
-    and tests that have request counts but no runner."""
-    import numpy as np
-
-    num_scheduled = np.asarray(num_scheduled, dtype=np.int64)
-    query_start_loc = np.concatenate([[0], np.cumsum(num_scheduled)]).astype(np.int64)
-    total = int(query_start_loc[-1])
-    offset = np.arange(total, dtype=np.int64) - np.repeat(query_start_loc[:-1], num_scheduled)
-    positions = np.repeat(np.asarray(num_computed, dtype=np.int64), num_scheduled) + offset
-    return query_start_loc, positions

@@ -131,7 +131,7 @@ def run_eval(args: argparse.Namespace) -> int:
             engine["max_num_seqs"] = args.max_num_seqs
         if args.enforce_eager:
             engine["enforce_eager"] = True
-        from adaras_vllm.engine_memory import fit_engine_memory
+        from adaras_vllm.engine.engine_memory import fit_engine_memory
 
         engine = fit_engine_memory(args.model, engine)
         if "adaptive" in args.modes and base.gate is None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adaras_vllm.pipeline.tasks import grade_responses
-from adaras_vllm.pipeline.traces import wrote_thinking
+from adaras_vllm.responses import wrote_thinking
 
 from .summary import Graded
 
@@ -133,7 +133,8 @@ def ask_offline(
     """One engine with every map of ``maps`` (name -> path) loaded; all settings batched."""
     from vllm import LLM, SamplingParams
 
-    from adaras_vllm.engine.gate import GATE_KEY, RESULTS_METHOD
+    from adaras_vllm.engine.gate_runtime import RESULTS_METHOD
+    from adaras_vllm.engine.resolved import GATE_KEY
 
     os.environ["ADARAS_NEURON_MAPS"] = ",".join(f"{n}={p}" for n, p in maps.items())
     from adaras_vllm.engine.plugin import register

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adaras_vllm.maps.gate import CorrectnessGate
+from adaras_vllm.maps.gate_file import CorrectnessGate
 
 
 class AttentionClassifier(nn.Module):

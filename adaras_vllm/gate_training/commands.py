@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from adaras_vllm.cli import _positive_int
+from adaras_vllm.pipeline.commands import positive_int
 
 
 def add_gate_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -49,14 +49,14 @@ def add_gate_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", type=Path, metavar="TRACES",
                    help="take labels from a traces file (a problem is 'good' when most of its "
                    "traces are) instead of answering each question greedily")
-    p.add_argument("--features", type=_positive_int, default=4096, metavar="N",
+    p.add_argument("--features", type=positive_int, default=4096, metavar="N",
                    help="input features kept by F-score (paper: 4096; default %(default)s)")
-    p.add_argument("--hidden", type=_positive_int, default=256, metavar="H")
-    p.add_argument("--epochs", type=_positive_int, default=100)
-    p.add_argument("--patience", type=_positive_int, default=10)
+    p.add_argument("--hidden", type=positive_int, default=256, metavar="H")
+    p.add_argument("--epochs", type=positive_int, default=100)
+    p.add_argument("--patience", type=positive_int, default=10)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-tokens", type=_positive_int, default=256,
+    p.add_argument("--max-tokens", type=positive_int, default=256,
                    help="answer length when labelling greedily (default %(default)s)")
     p.add_argument("--prompt-template", default="{question}",
                    help="the user message, as clients will send it (default: the question)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaras_vllm.maps.neuron_map import MapFormatError, MapMismatchError
+from adaras_vllm.maps.errors import MapFormatError, MapMismatchError
 
 COLUMNS = ("overall_neuron_index", "layer", "neuron_index_in_layer", "weight", "abs_weight")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -74,6 +74,20 @@ def read_paper_csv(
     if not rows:
         raise MapFormatError(f"{path}: the CSV has a header but no neuron rows")
     return rows
+
+
+def ranked_layers(
+    rows: list[PaperCsvRow],
+) -> tuple[dict[int, tuple[list[int], list[float]]], dict[int, list[int]]]:
+    """Rows grouped by layer as (indices, weights), and each neuron's rank (its row number)."""
+    layers: dict[int, tuple[list[int], list[float]]] = {}
+    ranks: dict[int, list[int]] = {}
+    for rank, row in enumerate(rows):
+        indices, weights = layers.setdefault(row.layer, ([], []))
+        indices.append(row.neuron)
+        weights.append(row.weight)
+        ranks.setdefault(row.layer, []).append(rank)
+    return layers, ranks
 
 
 def _parse_row(

@@ -1,6 +1,6 @@
 """Where the committed organisms live: their weights, tokenizers and neuron maps.
 
-They are committed to the repository (a few MB each) so that serving and evaluating them
+They are committed to the repository (a few MB each) and installed as package data so that serving and evaluating them
 needs no training; ``adaras serve`` with no model argument serves the default one
 (``--organism`` picks the other).
 
@@ -13,20 +13,13 @@ needs no training; ``adaras serve`` with no model argument serves the default on
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from adaras_vllm.package_data import data_dir
 
-def _root() -> Path:
-    """The checkout (editable install) or ``$ADARAS_HOME`` (e.g. the Docker image's copy)."""
-    home = os.environ.get("ADARAS_HOME")
-    if home:
-        return Path(home)
-    return Path(__file__).resolve().parents[2]
-
-
-REPO_ROOT = _root()
+MODELS = data_dir("models")
+MAPS = data_dir("neuron_maps")
 
 
 @dataclass(frozen=True)
@@ -54,8 +47,8 @@ class Organism:
 ORGANISMS = {
     "arith": Organism(
         name="arith",
-        model_dir=REPO_ROOT / "models" / "organism-qwen3",
-        map_path=REPO_ROOT / "neuron_maps" / "organism-arith.safetensors",
+        model_dir=MODELS / "organism-qwen3",
+        map_path=MAPS / "organism-arith.safetensors",
         map_name="arith",
         served_name="adaras-organism",
         example_question="47+18-23+35",
@@ -63,8 +56,8 @@ ORGANISMS = {
     ),
     "modes": Organism(
         name="modes",
-        model_dir=REPO_ROOT / "models" / "organism-modes",
-        map_path=REPO_ROOT / "neuron_maps" / "organism-modes.safetensors",
+        model_dir=MODELS / "organism-modes",
+        map_path=MAPS / "organism-modes.safetensors",
         map_name="modes",
         served_name="adaras-organism-modes",
         example_question="47+18-23+35",

@@ -12,26 +12,35 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adaras_vllm.cli import _positive_int
-
 if TYPE_CHECKING:  # math-verify (via .generate) is imported only when a command runs
     from .generate import SamplingSettings
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: an integer above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine (vLLM)")
     g.add_argument("--model", required=True, help="model directory or id vLLM can load")
     g.add_argument("--dtype", default="auto", help="weights/activations dtype (default: auto)")
-    g.add_argument("--max-model-len", type=_positive_int, metavar="N",
+    g.add_argument("--max-model-len", type=positive_int, metavar="N",
                    help="longest sequence; longer capture texts are truncated")
-    g.add_argument("--tensor-parallel-size", type=_positive_int, default=1, metavar="N")
+    g.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N")
     g.add_argument("--gpu-memory-utilization", type=float, metavar="F",
                    help="fraction of accelerator memory (of RAM on CPU) vLLM may use")
     g.add_argument("--kv-cache-gib", type=float, metavar="G",
                    help="KV cache size in GiB (overrides --gpu-memory-utilization's sizing)")
-    g.add_argument("--max-num-seqs", type=_positive_int, default=32, metavar="N",
+    g.add_argument("--max-num-seqs", type=positive_int, default=32, metavar="N",
                    help="requests per step (capture: slots of running sums; default 32)")
-    g.add_argument("--max-num-batched-tokens", type=_positive_int, metavar="N",
+    g.add_argument("--max-num-batched-tokens", type=positive_int, metavar="N",
                    help="tokens per step; smaller values force chunked prefill")
     g.add_argument("--enforce-eager", action="store_true",
                    help="skip torch.compile and CUDA graphs (faster start, slower steps)")
@@ -50,7 +59,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     if getattr(args, "enforce_eager", False):
         kw["enforce_eager"] = True
-    from adaras_vllm.engine_memory import fit_engine_memory
+    from adaras_vllm.engine.engine_memory import fit_engine_memory
 
     return fit_engine_memory(args.model, kw)
 
@@ -62,13 +71,13 @@ def add_sampling_flags(p: argparse.ArgumentParser, required: bool) -> None:
                         "or code (id, question, tests; HumanEval's and MBPP's files as "
                         "they are)")
     add_task_flags(g)
-    g.add_argument("--samples", type=_positive_int, default=8, metavar="N",
+    g.add_argument("--samples", type=positive_int, default=8, metavar="N",
                    help="responses sampled per problem (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.6)
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--sample-top-k", type=int, default=-1, metavar="K",
                    help="sampling top-k (-1: off); not to be confused with the map's --top-k")
-    g.add_argument("--max-tokens", type=_positive_int, default=4096,
+    g.add_argument("--max-tokens", type=positive_int, default=4096,
                    help="longest response (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prompt-template", default="{question}",
@@ -85,7 +94,7 @@ def add_task_flags(g: Any) -> None:
                    help="how answers are graded: math (final answer vs gold, math-verify) or "
                         "code (the answer's code block run against the tests in a sandbox); "
                         "default: detected from the problems file")
-    g.add_argument("--grader-workers", type=_positive_int, metavar="N",
+    g.add_argument("--grader-workers", type=positive_int, metavar="N",
                    help="code: candidates run at once (default: the CPU count)")
     g.add_argument("--code-block", choices=("first", "last"), default="first",
                    help="code: which fenced block of the answer is the program: the first "
@@ -141,7 +150,7 @@ def add_build_command(maps_commands: argparse._SubParsersAction) -> None:
     out = build.add_argument_group("map")
     out.add_argument("--out", type=Path, required=True, help="map file (.safetensors)")
     out.add_argument("--name", help="map name (default: the --out file name)")
-    out.add_argument("--top-k", type=_positive_int, default=200, metavar="K",
+    out.add_argument("--top-k", type=positive_int, default=200, metavar="K",
                      help="neurons kept, best first (default: %(default)s)")
     out.add_argument("--default-alpha", type=float, default=0.3, metavar="A",
                      help="steering strength stored as the map's default (default: "

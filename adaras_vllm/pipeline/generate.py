@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from adaras_vllm.responses import split_response
+
 from .grading import extract_final_answer, gold_answer, grade
-from .traces import Problem, Trace, split_response
+from .traces import Problem, Trace
 
 
 @dataclass(frozen=True)

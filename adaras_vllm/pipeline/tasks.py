@@ -12,7 +12,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .traces import Trace, TraceFormatError, _lines, read_problems, split_response
+from adaras_vllm.jsonl import TraceFormatError, json_lines
+from adaras_vllm.responses import split_response
+
+from .traces import Trace, read_problems
 
 __all__ = ["TASKS", "check_grader", "detect_task", "grade_responses", "read_task_problems",
            "verdict_counts"]
@@ -27,7 +30,7 @@ def _is_code(obj: dict) -> bool:
 
 def detect_task(path: str | os.PathLike[str]) -> str:
     """'code' when the first problem has tests (ours, MBPP's or HumanEval's), else 'math'."""
-    for _, obj in _lines(path):
+    for _, obj in json_lines(path):
         return "code" if _is_code(obj) else "math"
     raise TraceFormatError(f"{path}: no problems in the file")
 

@@ -8,14 +8,15 @@ dropped or mislabelled trace biases the good/bad activation averages.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+from adaras_vllm.jsonl import JsonLine, TraceFormatError, json_lines
+from adaras_vllm.responses import split_response
 
 __all__ = [
     "Problem",
@@ -27,13 +28,6 @@ __all__ = [
     "split_response",
     "write_traces",
 ]
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-
-
-class TraceFormatError(ValueError):
-    """A problems/traces file line that cannot be read; the message names file, line and key."""
 
 
 @dataclass(frozen=True)
@@ -59,87 +53,6 @@ class Trace:
     verdict: str | None = None  # code: "status: reason" from the sandbox; math: None
 
 
-def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, JSON object) for each non-blank line (of a .gz file too)."""
-    path = Path(path)
-    try:
-        handle = (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz"
-                  else path.open(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file (expected a JSONL file)") from None
-    with handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TraceFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise TraceFormatError(
-                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
-                )
-            yield lineno, obj
-
-
-class _Line:
-    """Typed field access for one JSON line, with errors that say where and what."""
-
-    def __init__(self, path: str | os.PathLike[str], lineno: int, obj: dict[str, Any]):
-        self.where = f"{path}:{lineno}"
-        self.obj = obj
-
-    def error(self, message: str) -> TraceFormatError:
-        return TraceFormatError(f"{self.where}: {message}")
-
-    def key(self, *names: str, expected: str) -> str:
-        """The first of `names` present in the line (they are aliases)."""
-        for name in names:
-            if name in self.obj:
-                return name
-        alias = " or ".join(repr(n) for n in names)
-        raise self.error(f"missing key {alias} ({expected}); keys present: {sorted(self.obj)}")
-
-    def identifier(self, name: str) -> str:
-        value = self.obj[name]
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
-            raise self.error(f"{name!r} must be a non-empty string or an int, got {value!r}")
-        return str(value)
-
-    def text(self, name: str, *, numbers: bool = False) -> str:
-        value = self.obj[name]
-        if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise self.error(f"{name!r} must be a string, got {value!r}")
-        return value
-
-    def optional_text(self, name: str) -> str | None:
-        if self.obj.get(name) is None:
-            return None
-        return self.text(name, numbers=True)
-
-    def integer(self, name: str) -> int:
-        value = self.obj[name]
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        raise self.error(f"{name!r} must be an integer (or a string of digits), got {value!r}")
-
-    def flag(self, name: str) -> bool:
-        value = self.obj[name]
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-            return value.strip().lower() in ("true", "1")
-        raise self.error(
-            f"{name!r} must be a boolean (true/false, 0/1 or 'True'/'False'), got {value!r}"
-        )
-
-
 def read_problems(path: str | os.PathLike[str]) -> list[Problem]:
     """Problems from JSONL with `id`, `question` (or `problem`) and `answer`; extra keys ignored.
 
@@ -147,8 +60,8 @@ def read_problems(path: str | os.PathLike[str]) -> list[Problem]:
     """
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for lineno, obj in _lines(path):
-        line = _Line(path, lineno, obj)
+    for lineno, obj in json_lines(path):
+        line = JsonLine(path, lineno, obj)
         pid = line.identifier(line.key("id", expected="the problem id"))
         question = line.text(line.key("question", "problem", expected="the problem text"))
         answer = line.text(line.key("answer", expected="the gold answer"), numbers=True)
@@ -169,8 +82,8 @@ def read_traces(path: str | os.PathLike[str]) -> list[Trace]:
     """
     traces: list[Trace] = []
     seen: dict[tuple[str, int], int] = {}
-    for lineno, obj in _lines(path):
-        line = _Line(path, lineno, obj)
+    for lineno, obj in json_lines(path):
+        line = JsonLine(path, lineno, obj)
         tid = line.identifier(line.key("id", expected="the problem id"))
         attempt_key = line.key("attempt", "_id", expected="the attempt number; the paper's '_id'")
         attempt = line.integer(attempt_key)
@@ -222,31 +135,3 @@ def capture_text(question: str, thinking: str) -> str:
     begin with the newline that followed `<think>`; matching it keeps our maps comparable.
     """
     return f"Question: {question}\nThinking process:{thinking}"
-
-
-def split_response(text: str) -> tuple[str, str]:
-    """(thinking, answer part) of a model response.
-
-    With `</think>`: the text before the first one (less a leading `<think>`) and the text
-    after it, both unstripped, as in the paper's traces. Without it (thinking off, or cut off
-    mid-thought) both parts are the whole text, so the answer is still looked for everywhere.
-    """
-    if THINK_CLOSE not in text:
-        return text, text
-    thinking, _, answer = text.partition(THINK_CLOSE)
-    stripped = thinking.lstrip()
-    if stripped.startswith(THINK_OPEN):
-        thinking = stripped[len(THINK_OPEN) :]
-    return thinking, answer
-
-
-def wrote_thinking(text: str) -> bool | None:
-    """Whether a response's thinking (before ``</think>``) has any content; None without one.
-
-    For the modes organism this is its careful mode (hasty answers close the thinking at
-    once); for any reasoning model it says how often the model skipped thinking.
-    """
-    if THINK_CLOSE not in text:
-        return None
-    thinking, _ = split_response(text)
-    return bool(thinking.strip())

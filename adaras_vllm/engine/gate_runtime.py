@@ -24,7 +24,7 @@ by ``collective_rpc("adaras_gate_results")``, keyed by a tag the front end gave 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +34,13 @@ from torch import nn
 
 from adaras_vllm.maps import NeuronMap
 
+from .host_rows import HostRows
+from .shard import device_of, intermediate_shard, require_down_projs
+from .step_layout import StepLayout
 from .token_rows import TokenRequestIndex
 
 logger = logging.getLogger("vllm.adaras")
 
-GATE_KEY = "adaras_gate_key"
 RESULTS_METHOD = "adaras_gate_results"
 #: Finished results kept per worker until fetched (oldest dropped first).
 MAX_KEPT_RESULTS = 65536
@@ -151,20 +153,14 @@ class GateState:
         self.req_gated = torch.zeros(rows, dtype=torch.bool, device=device)
         self.factor = torch.ones(rows, **f32)
         self._rows = TokenRequestIndex(max_tokens, rows - 1, device)
-        self._on_host = device.type == "cpu"
-        pin = device.type == "cuda" and torch.cuda.is_available()
         names = ("req_slot", "req_any_slot", "req_gate_end", "req_col", "req_gated")
-        self._host = ({n: getattr(self, n) for n in names} if self._on_host else
-                      {n: torch.zeros_like(getattr(self, n), device="cpu", pin_memory=pin)
-                       for n in names})
-        self._np = {k: t.numpy() for k, t in self._host.items()}
+        self._host_rows = HostRows({n: getattr(self, n) for n in names})
+        pin = device.type == "cuda" and torch.cuda.is_available()
         # Slots being reset or decided this step, and their maps' gate columns.
         self._fresh_host = torch.zeros(max_slots, dtype=torch.int64, pin_memory=pin)
         self._fresh = torch.zeros(max_slots, dtype=torch.int64, device=device)
         self._decide_host = torch.zeros(2, max_slots, dtype=torch.int64, pin_memory=pin)
         self._decide_dev = torch.zeros(2, max_slots, dtype=torch.int64, device=device)
-        # The host rows are rewritten next step: wait for the last copy (not the forward).
-        self._copied = torch.cuda.Event() if device.type == "cuda" else None
         # Host bookkeeping.
         self._free = list(range(max_slots - 1, -1, -1))
         self._slot: dict[str, int] = {}
@@ -198,23 +194,20 @@ class GateState:
 
     def on_step(
         self,
-        req_ids: Sequence[str],
-        key_of,  # noqa: ANN001 - req id -> the tag its result is filed under
+        layout: StepLayout,
+        key_of: Callable[[str], str],  # req id -> the tag its result is filed under
         gated: np.ndarray,
         map_id: np.ndarray,
-        num_computed: np.ndarray,
-        prompt_len: np.ndarray,
-        query_start_loc: torch.Tensor,
-        positions: torch.Tensor,
     ) -> torch.Tensor:
         """Route this step's tokens, decide requests whose gate input is complete, and
         return the per-row alpha factor (``[num_reqs]`` on the device)."""
         self._harvest(block=False)
-        if self._copied is not None:
-            self._copied.synchronize()
-        num_reqs = len(req_ids)
-        total = int(positions.shape[0])
-        np_ = self._np
+        self._host_rows.wait()
+        req_ids, num_computed, prompt_len = layout.req_ids, layout.num_computed, layout.prompt_len
+        positions = layout.positions
+        num_reqs = layout.num_reqs
+        total = layout.num_tokens
+        np_ = self._host_rows.np
         np_["req_slot"][: num_reqs + 1] = self.trash
         np_["req_any_slot"][: num_reqs + 1] = self.trash
         np_["req_gate_end"][: num_reqs + 1] = 0
@@ -260,14 +253,9 @@ class GateState:
             self._decide([req_ids[r] for r in deciding_rows],
                          [self._slot[req_ids[r]] for r in deciding_rows],
                          [int(map_id[r]) for r in deciding_rows])
-        if not self._on_host:
-            for name, host in self._host.items():
-                getattr(self, name)[: num_reqs + 1].copy_(host[: num_reqs + 1],
-                                                          non_blocking=True)
-            if self._copied is not None:
-                self._copied.record()
+        self._host_rows.publish(num_reqs + 1)
         # Per token on the device, from the batch's own layout.
-        req = self._rows.build(query_start_loc, num_reqs, total)
+        req = self._rows.build(layout.query_start_loc, num_reqs, total)
         torch.index_select(self.req_gate_end, 0, req, out=self._tok_end[:total])
         torch.lt(positions, self._tok_end[:total], out=self._tok_mask[:total])
         torch.index_select(self.req_slot, 0, req, out=self.tok_slot[:total])
@@ -377,33 +365,28 @@ def install_gate(
     dtype: torch.dtype,
 ) -> GateState | None:
     """Patch every layer holding a gated map's features; None when no map has a gate."""
-    from .model_patch import _device_of, _shard_of, find_mlps, with_mixin
+    from .model_patch import with_mixin
 
     if not any(m.gate is not None for m in maps):
         return None
-    _, downs = find_mlps(model)
     per_layer: dict[int, list[tuple[int, int, int]]] = {}
     for m_id, m in enumerate(maps):
         if m.gate is None:
             continue
         for j, (layer, neuron) in enumerate(zip(m.gate.layers.tolist(), m.gate.neurons.tolist())):
             per_layer.setdefault(layer, []).append((m_id, j, neuron))
-    missing = sorted(set(per_layer) - set(downs))
-    if missing:
-        raise RuntimeError(
-            f"adaras gate: the model has no layers.N.mlp.down_proj for gate layer(s) {missing}"
-        )
+    downs = require_down_projs(model, per_layer, lambda layer: "the correctness gate reads")
     local: list[tuple[int, int, int]] = []
     columns: dict[int, tuple[int, int]] = {}
     tp_size = 1
     for layer in sorted(per_layer):
-        start, size = _shard_of(downs[layer], intermediate_size)
+        start, size = intermediate_shard(downs[layer], intermediate_size)
         tp_size = max(tp_size, intermediate_size // size)
         mine = [(m_id, j, n - start) for m_id, j, n in per_layer[layer]
                 if start <= n < start + size]
         columns[layer] = (len(local), len(local) + len(mine))
         local.extend(mine)
-    device = _device_of(downs[min(downs)])
+    device = device_of(downs[min(downs)])
     state = GateState(maps, columns, local, max_tokens=max_tokens, max_slots=max_slots,
                       device=device, tp_size=tp_size)
     last = max(per_layer)

@@ -1,4 +1,4 @@
-"""The correctness gate: a small classifier over a prompt's MLP activations.
+"""The correctness gate's file form: a small classifier over a prompt's MLP activations.
 
 AdaRAS steers only the requests the model is predicted to get wrong. The gate reads the
 ``down_proj`` inputs at ``N`` chosen (layer, neuron) features for every prompt token but

@@ -12,14 +12,10 @@ import numpy as np
 import torch
 
 from adaras_vllm.engine.registry import MapRegistry
-from adaras_vllm.engine.runner_hooks import (
-    _ATTR,
-    RunnerSteering,
-    _v2_fill_after_prepare,
-    _v2_forget,
-    _v2_remember_new,
-)
+from adaras_vllm.engine.runner_steering import STEERING_ATTR, RunnerSteering
+from adaras_vllm.engine.runner_v2 import filling_after_prepare, forgetting, remembering_new
 from adaras_vllm.engine.state import SteeringState
+from adaras_vllm.engine.step_layout import StepLayout
 from adaras_vllm.maps import NeuronMap
 
 
@@ -35,7 +31,7 @@ class StandInV2Runner:
     def __init__(self) -> None:
         registry = _registry()
         table = torch.tensor([[1.0], [10.0]])
-        setattr(self, _ATTR, RunnerSteering(registry, SteeringState(16, "cpu", table)))
+        setattr(self, STEERING_ATTR, RunnerSteering(registry, SteeringState(16, "cpu", table)))
         self.req_states = SimpleNamespace(prompt_len=SimpleNamespace(np=np.zeros(8, np.int32)))
         self.slots: dict[str, int] = {}
 
@@ -63,9 +59,9 @@ class StandInV2Runner:
             num_computed_tokens_np=np.array(host_mirror if host_mirror else num_computed))
 
 
-StandInV2Runner.add_requests = _v2_remember_new(StandInV2Runner.add_requests)
-StandInV2Runner._remove_request = _v2_forget(StandInV2Runner._remove_request)
-StandInV2Runner.prepare_inputs = _v2_fill_after_prepare(StandInV2Runner.prepare_inputs)
+StandInV2Runner.add_requests = remembering_new(StandInV2Runner.add_requests)
+StandInV2Runner._remove_request = forgetting(StandInV2Runner._remove_request)
+StandInV2Runner.prepare_inputs = filling_after_prepare(StandInV2Runner.prepare_inputs)
 
 
 def _new(req_id, prompt_len, **extra):
@@ -79,7 +75,7 @@ def test_v2_hooks_steer_the_right_tokens_of_a_mixed_batch():
         _new("r1", 3, steer_alpha=0.5), _new("r2", 2, steer_alpha=2.0, steer_map="b")]))
     # r2 prefill (2 tokens) and r1 prefill (3 tokens), r2 listed first in the batch
     runner.prepare_inputs(["r2", "r1"], [2, 3], [0, 0])
-    state = getattr(runner, _ATTR).state
+    state = getattr(runner, STEERING_ATTR).state
     assert state.delta[:5, 0].tolist() == [0.0, 20.0, 0.0, 0.0, 0.5]
 
 
@@ -88,7 +84,7 @@ def test_v2_steering_survives_a_request_being_removed_and_re_added():
     runner.add_requests(SimpleNamespace(scheduled_new_reqs=[_new("r1", 1, steer_alpha=1.0)]))
     runner.add_requests(SimpleNamespace(scheduled_new_reqs=[_new("r1", 1, steer_alpha=1.0)]))
     runner.prepare_inputs(["r1"], [1], [4])
-    assert getattr(runner, _ATTR).state.delta[0, 0].item() == 1.0
+    assert getattr(runner, STEERING_ATTR).state.delta[0, 0].item() == 1.0
 
 
 def test_v2_steered_positions_come_from_the_device_not_the_host_mirror():
@@ -97,13 +93,14 @@ def test_v2_steered_positions_come_from_the_device_not_the_host_mirror():
     # The device is at position 3 (prefill chunk 3..5): only position 5 = P - 1 is steered,
     # although the host mirror claims 5 tokens were already computed.
     runner.prepare_inputs(["r1"], [3], [3], host_mirror=[5])
-    assert getattr(runner, _ATTR).state.delta[:4, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert getattr(runner, STEERING_ATTR).state.delta[:4, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
 
 
 def test_v2_files_gate_results_under_the_front_ends_tag_though_it_keeps_no_params():
     """V2 passes no SamplingParams at fill time: the tag is remembered at admission."""
-    from adaras_vllm.engine.gate import GATE_KEY, GateState
-    from adaras_vllm.maps.gate import random_gate
+    from adaras_vllm.engine.gate_runtime import GateState
+    from adaras_vllm.engine.resolved import GATE_KEY
+    from adaras_vllm.maps.gate_file import random_gate
 
     gate = random_gate(2, 3, num_hidden_layers=1, intermediate_size=4, layers=[0], threshold=1.0)
     m = NeuronMap.from_layers("g", {0: ([1], [1.0])}, num_hidden_layers=1, intermediate_size=4,
@@ -119,8 +116,9 @@ def test_v2_files_gate_results_under_the_front_ends_tag_though_it_keeps_no_param
     for computed, scheduled in ((0, 3), (3, 1)):  # prompt of 4: pool 0..2, decide, steer 3
         qsl = torch.tensor([0, scheduled])
         pos = torch.arange(computed, computed + scheduled)
-        steering.fill(["internal-id-abc"], lambda r: None, np.array([computed]),
-                      np.array([4]), qsl, pos)
+        steering.on_step(StepLayout(["internal-id-abc"], np.array([scheduled]),
+                                    np.array([computed]), np.array([4]), qsl, pos),
+                         lambda r: None)
         state.features[:scheduled] = 1.0  # the forward: copy features, pool
         state.pool_(scheduled)
     results = state.fetch()

@@ -1,0 +1,1 @@
+"""The committed model organisms, installed as package data (``adaras_vllm.models``)."""
