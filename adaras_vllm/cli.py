@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_maps_commands(subparsers: argparse._SubParsersAction) -> None:
     """`adaras maps ...`: build, inspect and check neuron map files."""
-    from adaras_vllm.pipeline.commands import add_build_command, positive_int
+    from adaras_vllm.arg_types import positive_int
+    from adaras_vllm.pipeline.commands import add_build_command
 
     maps = subparsers.add_parser("maps", help="build, inspect and check neuron map files")
     commands = maps.add_subparsers(dest="maps_command", metavar="MAPS_COMMAND", required=True)

@@ -56,7 +56,9 @@ def test_our_format_round_trips_with_optional_keys(tmp_path: Path) -> None:
 def test_humaneval_lines_are_read_as_they_are(tmp_path: Path) -> None:
     [p] = read_code_problems(write_jsonl(tmp_path / "he.jsonl", [HUMANEVAL_LINE]))
     assert p == CodeProblem("HumanEval/0", HUMANEVAL_LINE["prompt"], HUMANEVAL_LINE["test"],
-                            "square", setup=HUMANEVAL_LINE["prompt"])
+                            "square", setup=HUMANEVAL_LINE["prompt"],
+                            reference=HUMANEVAL_LINE["prompt"]
+                            + HUMANEVAL_LINE["canonical_solution"])
 
 
 def test_mbpp_lines_become_the_paper_question_and_setup_plus_asserts(tmp_path: Path) -> None:

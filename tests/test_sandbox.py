@@ -6,15 +6,26 @@ each must cost one verdict and leave the host, its files and its secrets untouch
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import socket
 import subprocess
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from nobody import (
+    CAN_RUN_AS_NOBODY,
+    DEBIAN_PYTHON,
+    NOBODY,
+    SKIP_REASON,
+    as_nobody,
+    readable_copy,
+)
 
 from adaras_vllm.coding.sandbox import (
     ExecResult,
@@ -35,8 +46,8 @@ QUICK = SandboxLimits(wall_s=30)
 SHORT = SandboxLimits(wall_s=3)
 NAMESPACES = namespaces_available()
 needs_namespaces = pytest.mark.skipif(
-    not NAMESPACES, reason="this OS refuses namespaces to this user (needs root or "
-    "CAP_SYS_ADMIN): network and files are not isolated here")
+    not NAMESPACES, reason="this OS refuses namespaces to this user (needs root or user "
+    "namespaces): network and files are not isolated here")
 # Without namespaces root runs candidates only under another uid, which needs an
 # interpreter all users can reach.
 ROOT_WITHOUT_RUNNABLE_PYTHON = os.geteuid() == 0 and not _runnable_by_others(_python()[0])
@@ -46,9 +57,73 @@ needs_fallback = pytest.mark.skipif(
 CGROUPS = "cgroup" in run_candidate("", "").isolation
 
 
+_run_as: list[str] = ["root"]  # who runs the grader: set per test by the as_user fixture
+
+
 def run(candidate: str, tests: str = "assert True\n", **kw: object) -> ExecResult:
     kw.setdefault("limits", QUICK)
+    if _run_as[0] == "nobody":
+        (result,) = run_as_nobody([{"candidate": textwrap.dedent(candidate),
+                                    "tests": textwrap.dedent(tests), **kw}])
+        if isinstance(result, SandboxUnavailable):
+            raise result
+        return result
     return run_candidate(textwrap.dedent(candidate), textwrap.dedent(tests), **kw)
+
+
+@pytest.fixture(scope="session")
+def nobody_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sandbox's own files (stdlib only) where the user nobody can read them."""
+    return readable_copy(tmp_path_factory.mktemp("sandbox-as-nobody"),
+                         {"sandbox_as_user.py": PROJECT / "tests" / "sandbox_as_user.py"})
+
+
+_NOBODY_ROOT: list[Path] = []
+
+
+def run_as_nobody(jobs: list[dict], block_namespaces: bool = False, user: str = "nobody"
+                  ) -> list[ExecResult | SandboxUnavailable]:
+    """The jobs graded by a grader running as the user nobody (or root: ``user``), on
+    Debian's Python; ``block_namespaces``: on a kernel that refuses it namespaces."""
+    for job in jobs:
+        limits = job.get("limits")
+        if isinstance(limits, SandboxLimits):
+            job["limits"] = dataclasses.asdict(limits)
+    cmd = [str(DEBIAN_PYTHON), "-s", "-B", str(_NOBODY_ROOT[0] / "sandbox_as_user.py")]
+    env = {**os.environ, "PYTHONPATH": str(_NOBODY_ROOT[0])}
+    out = subprocess.run(cmd + (["--block-namespaces"] if block_namespaces else []),
+                         input=json.dumps(jobs), capture_output=True, text=True, env=env,
+                         timeout=600, **(as_nobody() if user == "nobody" else {}))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [SandboxUnavailable(r["unavailable"]) if "unavailable" in r else ExecResult(**r)
+            for r in json.loads(out.stdout)]
+
+
+needs_nobody = pytest.mark.skipif(not CAN_RUN_AS_NOBODY, reason=SKIP_REASON)
+
+
+@pytest.fixture(params=["root", "nobody"])
+def as_user(request: pytest.FixtureRequest, nobody_package: Path):
+    """Each hostile test, with the grader as root and as an ordinary user (nobody), whose
+    sandbox is built on a user namespace."""
+    if request.param == "nobody":
+        if not CAN_RUN_AS_NOBODY:
+            pytest.skip(SKIP_REASON)
+        _NOBODY_ROOT[:] = [nobody_package]
+    _run_as[0] = request.param
+    yield request.param
+    _run_as[0] = "root"
+
+
+def _gone(processes: Callable[[], list[int]], wait_s: float = 10.0) -> bool:
+    """Whether ``processes()`` becomes empty: the kernel tears down a dead namespace's
+    processes asynchronously, so the last ones may take a moment to disappear."""
+    deadline = time.monotonic() + wait_s
+    while processes():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _processes_of(uid: int) -> list[int]:
@@ -65,6 +140,7 @@ def _processes_of(uid: int) -> list[int]:
 
 # Honest candidates.
 
+@pytest.mark.usefixtures("as_user")
 def test_a_correct_candidate_passes() -> None:
     r = run("def add(a, b):\n    return a + b\n", "assert add(2, 3) == 5\n")
     assert (r.status, r.reason) == ("pass", "all tests passed")
@@ -115,6 +191,7 @@ def test_the_python_standard_library_is_available() -> None:
 
 # Hostile candidates.
 
+@pytest.mark.usefixtures("as_user")
 def test_an_infinite_loop_is_a_timeout_at_the_wall_limit() -> None:
     r = run("while True:\n    pass\n", limits=SHORT)
     assert r.status == "timeout" and "3 s" in r.reason
@@ -126,21 +203,26 @@ def test_a_sleeping_candidate_is_a_timeout_at_the_wall_limit() -> None:
     assert r.status == "timeout" and "wall-time" in r.reason
 
 
+@pytest.mark.usefixtures("as_user")
 def test_cpu_time_is_limited_separately_from_wall_time() -> None:
     r = run("while True:\n    pass\n", limits=SandboxLimits(wall_s=20, cpu_s=1))
     assert r.status == "timeout" and "CPU-time limit of 1 s" in r.reason
 
 
+@pytest.mark.usefixtures("as_user")
 def test_a_fork_bomb_is_contained_and_leaves_no_process_behind() -> None:
     slot = 5
     r = run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
             "        pass\n", slot=slot, limits=SHORT)
     assert r.status in ("timeout", "error")
-    if os.geteuid() == 0:  # candidates of slot 5 run as their own uid
-        assert _processes_of(1_700_000_000 + slot) == []
+    if _run_as[0] == "nobody":  # the grader has exited: nothing of nobody's is left
+        assert _gone(lambda: _processes_of(NOBODY))
+    elif os.geteuid() == 0:  # candidates of slot 5 run as their own uid
+        assert _gone(lambda: _processes_of(1_700_000_000 + slot))
     assert run("assert True\n", slot=slot).passed  # the slot still works
 
 
+@pytest.mark.usefixtures("as_user")
 def test_a_process_count_limit_stops_forking() -> None:
     r = run("""
         import os, sys
@@ -158,17 +240,20 @@ def test_a_process_count_limit_stops_forking() -> None:
     assert int(r.output.split("refused after")[1].split()[0]) <= 4
 
 
+@pytest.mark.usefixtures("as_user")
 def test_a_memory_bomb_is_an_error_not_an_out_of_memory_kill() -> None:
     r = run("block = bytearray(64 << 30)\n")
     assert r.status == "error" and "MemoryError" in r.reason
 
 
+@pytest.mark.usefixtures("as_user")
 def test_a_growing_memory_bomb_stops_at_the_address_space_limit() -> None:
     r = run("keep = []\nwhile True:\n    keep.append(bytearray(16 << 20))\n",
             limits=SandboxLimits(wall_s=30, memory_bytes=256 << 20))
     assert r.status == "error" and "MemoryError" in r.reason
 
 
+@pytest.mark.usefixtures("as_user")
 def test_huge_output_is_cut_at_the_cap_and_reported() -> None:
     r = run("while True:\n    print('x' * 10000)\n",
             limits=SandboxLimits(wall_s=30, output_bytes=100_000))
@@ -176,16 +261,19 @@ def test_huge_output_is_cut_at_the_cap_and_reported() -> None:
     assert len(r.output) <= 4000
 
 
+@pytest.mark.usefixtures("as_user")
 def test_os_exit_zero_before_the_tests_is_not_a_pass() -> None:
     r = run("import os\nos._exit(0)\n", "assert False\n")
     assert r.status == "error" and "before its tests finished" in r.reason
 
 
+@pytest.mark.usefixtures("as_user")
 def test_sys_exit_zero_is_not_a_pass() -> None:
     assert run("import sys\nsys.exit(0)\n", "assert False\n").status == "error"
     assert run("def f():\n    return 1\n", "import sys\nsys.exit(0)\n").status == "fail"
 
 
+@pytest.mark.usefixtures("as_user")
 def test_a_forged_verdict_on_the_status_channel_is_not_believed() -> None:
     r = run("""
         import os, json
@@ -196,12 +284,14 @@ def test_a_forged_verdict_on_the_status_channel_is_not_believed() -> None:
 
 
 @pytest.mark.parametrize("code", [1, 124, 125, 126, 137, 152, 153])
+@pytest.mark.usefixtures("as_user")
 def test_exit_codes_cannot_speak_for_the_sandbox(code: int) -> None:
     r = run(f"import os\nos._exit({code})\n", "assert False\n")
     assert r.status == "error" and f"exited with code {code}" in r.reason
-    assert run("x = 1\n").isolation == run_candidate("", "").isolation  # still isolated
+    assert run("x = 1\n").isolation == run("").isolation  # still isolated
 
 
+@pytest.mark.usefixtures("as_user")
 def test_a_candidate_signalling_itself_is_not_taken_for_a_limit() -> None:
     for sig in ("SIGXCPU", "SIGKILL"):
         r = run(f"import os, signal\nos.kill(os.getpid(), signal.{sig})\n")
@@ -234,6 +324,7 @@ def test_patching_builtins_does_not_change_how_the_tests_run() -> None:
 
 
 @needs_namespaces
+@pytest.mark.usefixtures("as_user")
 def test_system_v_shared_memory_is_off() -> None:
     r = run("""
         import ctypes
@@ -264,6 +355,7 @@ def test_memory_no_address_space_limit_sees_is_bounded_by_the_cgroup() -> None:
 
 
 @needs_namespaces
+@pytest.mark.usefixtures("as_user")
 def test_the_sandbox_init_and_host_processes_are_hidden() -> None:
     r = run("""
         import os
@@ -274,11 +366,13 @@ def test_the_sandbox_init_and_host_processes_are_hidden() -> None:
 
 
 @needs_namespaces
+@pytest.mark.usefixtures("as_user")
 def test_etc_holds_only_what_programs_need() -> None:
     r = run("import os\nprint(sorted(os.listdir('/etc')))\n")
     assert "passwd" in r.output and "hostname" not in r.output and "shadow" not in r.output
 
 
+@pytest.mark.usefixtures("as_user")
 def test_the_graders_environment_is_not_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "adaras-test-secret-4be1c2"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
@@ -301,6 +395,7 @@ def environ_of(pid: int, wait_s: float = 10.0) -> str:
 
 
 @needs_namespaces
+@pytest.mark.usefixtures("as_user")
 def test_other_processes_environments_are_not_readable() -> None:
     secret = "adaras-test-secret-7d0e55"
     holder = subprocess.Popen(["sleep", "30"], env={"ADARAS_TEST_SECRET": secret})
@@ -322,6 +417,7 @@ def test_other_processes_environments_are_not_readable() -> None:
 
 
 @needs_namespaces
+@pytest.mark.usefixtures("as_user")
 def test_a_socket_cannot_reach_a_server_on_the_host() -> None:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -352,6 +448,7 @@ def test_a_socket_cannot_reach_a_server_on_the_host() -> None:
 
 
 @needs_namespaces
+@pytest.mark.usefixtures("as_user")
 def test_no_network_interface_is_up() -> None:
     r = run("""
         import socket
@@ -365,6 +462,7 @@ def test_no_network_interface_is_up() -> None:
 
 
 @needs_namespaces
+@pytest.mark.usefixtures("as_user")
 def test_the_project_files_are_not_visible() -> None:
     r = run(f"""
         import os
@@ -376,6 +474,7 @@ def test_the_project_files_are_not_visible() -> None:
 
 
 @needs_namespaces
+@pytest.mark.usefixtures("as_user")
 def test_writing_outside_the_work_dir_leaves_nothing_on_the_host(tmp_path: Path) -> None:
     open_dir = tmp_path / "open"
     open_dir.mkdir()
@@ -400,6 +499,7 @@ def test_writing_outside_the_work_dir_leaves_nothing_on_the_host(tmp_path: Path)
 
 
 @needs_namespaces
+@pytest.mark.usefixtures("as_user")
 def test_deleting_files_cannot_touch_the_host(tmp_path: Path) -> None:
     keep = tmp_path / "keep.txt"
     keep.write_text("still here")
@@ -422,6 +522,7 @@ def test_deleting_files_cannot_touch_the_host(tmp_path: Path) -> None:
 
 
 @needs_namespaces
+@pytest.mark.usefixtures("as_user")
 def test_each_candidate_gets_a_fresh_empty_work_dir() -> None:
     first = run("open('left.txt', 'w').write('x')\nimport os\nprint(os.getcwd())\n")
     second = run("import os\nprint(sorted(os.listdir('.')), os.getcwd())\n")
@@ -452,9 +553,13 @@ def test_without_namespaces_limits_still_apply() -> None:
     assert run("import os\nos._exit(0)\n", "assert False\n", isolate=False).status == "error"
 
 
+@pytest.mark.usefixtures("as_user")
 def test_the_result_says_how_the_candidate_was_isolated() -> None:
     r = run("x = 1\n")
-    if NAMESPACES:
+    if _run_as[0] == "nobody":
+        assert r.isolation.startswith("namespaces (user namespace, no root): no network")
+        assert "own uid" in r.isolation
+    elif NAMESPACES:
         assert r.isolation.startswith("namespaces: no network")
     else:
         assert "NOT isolated" in r.isolation
@@ -522,3 +627,84 @@ def test_concurrent_graders_never_share_a_slot() -> None:
     if os.geteuid() == 0:
         assert int(r.output.split()[0]) != 1_700_000_000 + 3
     assert r.passed
+
+
+# Without namespaces: refused, unless limits only are accepted.
+
+@needs_nobody
+@pytest.mark.parametrize("user", ["root", "nobody"])
+def test_without_namespaces_grading_refuses_naming_why_and_the_ways_out(
+        user: str, nobody_package: Path) -> None:
+    _NOBODY_ROOT[:] = [nobody_package]
+    (refused,) = run_as_nobody([{"candidate": "x = 1\n", "tests": "assert True\n"}],
+                               block_namespaces=True, user=user)
+    assert isinstance(refused, SandboxUnavailable)
+    message = str(refused)
+    assert "cannot isolate candidates here (unshare: Operation not permitted)" in message
+    assert "run as root" in message and "user namespaces" in message
+    assert "--allow-unisolated" in message and "NOT isolated" in message
+
+
+@needs_nobody
+def test_without_namespaces_allow_unisolated_runs_limits_only_and_says_so(
+        nobody_package: Path) -> None:
+    _NOBODY_ROOT[:] = [nobody_package]
+    ok, looping = run_as_nobody(
+        [{"candidate": "def f():\n    return 1\n", "tests": "assert f() == 1\n",
+          "allow_unisolated": True},
+         {"candidate": "while True:\n    pass\n", "tests": "assert True\n",
+          "allow_unisolated": True, "limits": {"wall_s": 2}}], block_namespaces=True)
+    assert ok.passed and ok.isolation.startswith("process limits only (same uid")
+    assert "NOT isolated" in ok.isolation
+    assert looping.status == "timeout"
+
+
+@pytest.mark.usefixtures("as_user")
+def test_the_graders_session_keyring_is_out_of_reach() -> None:
+    """A key the grader holds (an API token in its session keyring) is neither readable
+    nor writable by a candidate, which would otherwise possess that keyring too."""
+    import ctypes
+
+    numbers = {"x86_64": (248, 250), "aarch64": (217, 219)}.get(os.uname().machine)
+    if numbers is None:
+        pytest.skip("keyctl numbers known for x86_64 and aarch64 only")
+    add_key, keyctl = numbers
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    secret = b"adaras-test-key-5f3a9e"
+    key = libc.syscall(ctypes.c_long(add_key), b"user", b"adaras-test", secret,
+                       ctypes.c_size_t(len(secret)), ctypes.c_int(-3))
+    if key < 0:
+        pytest.skip(f"this process cannot hold keys (errno {ctypes.get_errno()})")
+    try:
+        r = run(f"""
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            buf = ctypes.create_string_buffer(4096)
+            n = libc.syscall({keyctl}, 11, ctypes.c_int(-3), buf, 4096)  # READ @s: key ids
+            ids = [int.from_bytes(buf.raw[i:i + 4], 'little') for i in range(0, max(n, 0), 4)]
+            for k in ids + [{key}]:
+                m = libc.syscall({keyctl}, 11, k, buf, 4096)
+                print(k, buf.raw[:max(m, 0)])
+            print('added', libc.syscall({add_key}, b'user', b'planted', b'x', 1,
+                                        ctypes.c_int(-3)) > 0)
+            """)
+        assert r.passed and secret.decode() not in r.output, r.output
+    finally:
+        libc.syscall(ctypes.c_long(keyctl), ctypes.c_long(3), ctypes.c_long(key))  # revoke
+
+
+@pytest.mark.usefixtures("as_user")
+def test_a_candidate_cannot_mount_memory_that_no_limit_counts() -> None:
+    """Its own user and mount namespace would let it mount a tmpfs outside every rlimit:
+    refused as an ordinary user's grader (no cgroup there); as root the slot's memory
+    cgroup counts a tmpfs's pages."""
+    r = run("""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        print('unshare', libc.unshare(0x10000000 | 0x00020000), ctypes.get_errno())
+        """)
+    assert r.passed
+    if _run_as[0] == "nobody" or not CGROUPS:
+        assert r.output.split()[:2] == ["unshare", "-1"], r.output

@@ -4,7 +4,10 @@ The grader (`sandbox.py`) starts this file with the project's interpreter for ev
 candidate. It must not import the project: it runs before isolation and the candidate that
 it starts must never see the project's files. Configuration arrives as one JSON argument.
 
-With ``"isolate": true`` (needs root, or CAP_SYS_ADMIN in the container):
+With ``"isolate": true`` (as root; or, with ``"user_namespace": true``, as an ordinary user:
+the namespaces then hang off a new user namespace where this launcher is root, the root is
+pivoted instead of chrooted, and the candidate runs in a nested user namespace as an
+ordinary uid with no capability):
 - new mount, PID, network, IPC and UTS namespaces: the network has only a loopback device
   that is down, so no socket can reach anything; System V shared memory, message queues
   and semaphores are switched off in the new IPC namespace;
@@ -44,6 +47,7 @@ import signal
 import sys
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
@@ -56,7 +60,13 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+_LOCKED_FLAGS = MS_NODEV | MS_NOEXEC | 1024 | 2048 | 4096  # + noatime, nodiratime, relatime
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+MNT_DETACH = 2
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41}
 PR_SET_NO_NEW_PRIVS = 38
 
 _EXIT_SETUP = 126  # only with a message on the setup channel
@@ -101,7 +111,10 @@ def _bind_read_only(source: str, target: str, is_dir: bool) -> None:
         os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
         open(target, "a").close()
     _mount(source, target, None, MS_BIND | MS_REC)
-    _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+    # In a user namespace the source mount's nodev/noexec/atime flags are locked: a
+    # remount must keep them (statvfs reports them with the same bit values).
+    kept = os.statvfs(source).f_flag & _LOCKED_FLAGS
+    _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | kept)
 
 
 def _build_root(cfg: dict) -> None:
@@ -129,7 +142,10 @@ def _build_root(cfg: dict) -> None:
     os.makedirs(_NEW_ROOT + "/tmp", mode=0o777)
     os.chmod(_NEW_ROOT + "/tmp", 0o1777)
     os.makedirs(_NEW_ROOT + WORK_DIR, mode=0o700)
-    os.chown(_NEW_ROOT + WORK_DIR, cfg["uid"], cfg["gid"])
+    # In a user namespace the candidate's uid maps to this namespace's root (the grader's
+    # user outside): the work directory is then already its own.
+    if not cfg.get("user_namespace"):
+        os.chown(_NEW_ROOT + WORK_DIR, cfg["uid"], cfg["gid"])
 
 
 def _limit(cfg: dict, own_uid: bool) -> None:
@@ -143,6 +159,8 @@ def _limit(cfg: dict, own_uid: bool) -> None:
     # RLIMIT_NPROC counts every process of the real uid: exact with a uid of our own;
     # otherwise it is added on top of what the user already runs.
     processes = cfg["processes"] + (0 if own_uid else _processes_of(os.getuid()))
+    if cfg.get("user_namespace"):  # the launcher and init count in the outer namespace
+        processes += 2
     resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
 
 
@@ -159,12 +177,15 @@ def _processes_of(uid: int) -> int:
 
 def _become_candidate(cfg: dict, status_fd: int, isolated: bool) -> None:
     """In the process that becomes the candidate: confine, then exec the runner."""
-    if isolated:
+    in_user_ns = bool(cfg.get("user_namespace"))
+    if isolated and not in_user_ns:  # (in a user namespace the root is already pivoted)
         os.chroot(_NEW_ROOT)
     os.chdir(WORK_DIR if isolated else cfg["work_dir"])
-    drop_uid = os.geteuid() == 0 and cfg["uid"] != 0
-    _limit(cfg, own_uid=drop_uid)
-    if drop_uid:
+    drop_uid = os.geteuid() == 0 and cfg["uid"] != 0 and not in_user_ns
+    _limit(cfg, own_uid=drop_uid or in_user_ns)
+    if in_user_ns:
+        _enter_candidate_user_namespace(cfg)
+    elif drop_uid:
         os.setgroups([])
         os.setgid(cfg["gid"])
         os.setuid(cfg["uid"])
@@ -180,6 +201,38 @@ def _become_candidate(cfg: dict, status_fd: int, isolated: bool) -> None:
            "LANG": "C.UTF-8"}
     python = cfg["python"]
     os.execve(python, [python, "-I", "-c", cfg["runner_source"]], env)
+
+
+def _map_ids(inside_uid: int, outside_uid: int, inside_gid: int, outside_gid: int) -> None:
+    """Map one uid and gid of the user namespace just entered (the only ones an
+    unprivileged user may map: its own)."""
+    try:
+        with open("/proc/self/setgroups", "w") as handle:
+            handle.write("deny")
+    except FileNotFoundError:
+        pass
+    with open("/proc/self/uid_map", "w") as handle:
+        handle.write(f"{inside_uid} {outside_uid} 1")
+    with open("/proc/self/gid_map", "w") as handle:
+        handle.write(f"{inside_gid} {outside_gid} 1")
+
+
+def _enter_candidate_user_namespace(cfg: dict) -> None:
+    """Without root: the launcher is root only inside its own user namespace (to mount and
+    chroot). The candidate gets a nested one where it is an ordinary uid: it holds no
+    capability over the sandbox's mounts, and its process count (RLIMIT_NPROC) is its
+    own. Its files map back to the grader's user outside."""
+    # Its own /proc/self files must be its own to write its id maps (the launcher and init
+    # stay non-dumpable; the candidate's exec makes it dumpable again anyway).
+    _check(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "prctl(DUMPABLE)")
+    _libc.unshare.argtypes = [ctypes.c_int]
+    _check(_libc.unshare(CLONE_NEWUSER), "unshare(user) for the candidate")
+    _map_ids(cfg["uid"], 0, cfg["gid"], 0)
+    # Its capabilities here would let it make further user and mount namespaces, and in
+    # them mount a tmpfs that no rlimit counts (without a cgroup nothing would): none.
+    for name in ("user/max_user_namespaces", "user/max_mnt_namespaces"):
+        with open(f"/proc/sys/{name}", "w") as handle:
+            handle.write("0")
 
 
 def _exit_code(cfg: dict, status: int, usage: resource.struct_rusage | None) -> int:
@@ -210,6 +263,20 @@ def _join_cgroups(cfg: dict) -> None:
             handle.write("0")
 
 
+def _pivot_into_new_root() -> None:
+    """Make the new root the mount namespace's own root and drop the host's tree from it.
+    (A chrooted process may not create the user namespace the candidate runs in.)"""
+    _mount(_NEW_ROOT, _NEW_ROOT, None, MS_BIND | MS_REC)
+    os.chdir(_NEW_ROOT)
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise OSError(f"pivot_root: unknown syscall number on {os.uname().machine}")
+    _check(_libc.syscall(ctypes.c_long(number), ctypes.c_char_p(b"."), ctypes.c_char_p(b".")),
+           "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "umount the host's root")
+    os.chdir("/")
+
+
 def _namespace_init(cfg: dict, status_fd: int) -> None:
     """PID 1 of the new namespace: mount /proc, start the candidate, outlive it briefly."""
     try:
@@ -219,6 +286,8 @@ def _namespace_init(cfg: dict, status_fd: int) -> None:
         _mount("proc", _NEW_ROOT + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                "hidepid=2")
         _join_cgroups(cfg)
+        if cfg.get("user_namespace"):
+            _pivot_into_new_root()
     except OSError as e:
         _fail_setup(cfg, e)
     pid = os.fork()
@@ -275,16 +344,31 @@ def main() -> int:
         return _EXIT_SETUP
 
 
+def _leave_the_graders_keyring() -> None:
+    """A fresh, empty session keyring: the grader's (API tokens, credentials) would
+    otherwise be readable and writable by the candidate, which possesses it."""
+    number = _SYS_KEYCTL.get(os.uname().machine)
+    if number is not None:
+        _libc.syscall(ctypes.c_long(number), ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING),
+                      ctypes.c_void_p(None))  # refused by a seccomp profile: no keyring then
+
+
 def _launch(cfg: dict) -> int:
     status_fd = cfg["status_fd"]
     os.set_inheritable(cfg["setup_fd"], False)  # closed by the candidate's exec
+    _leave_the_graders_keyring()
     if cfg["isolate"]:
+        user_ns = CLONE_NEWUSER if cfg.get("user_namespace") else 0
         try:
             _libc.unshare.argtypes = [ctypes.c_int]
-            _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC
-                                 | CLONE_NEWUTS), "unshare")
+            _check(_libc.unshare(user_ns | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET
+                                 | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
+            if user_ns:  # root inside, the grader's user outside
+                _map_ids(0, cfg["outer_uid"], 0, cfg["outer_gid"])
+            # Not traceable by the candidate (same user outside): no way to its pipes.
+            _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
         except OSError as e:
-            _tell(cfg, f"no-namespaces: {e}")
+            _tell(cfg, f"no-namespaces: {e.strerror or e}")
             return _EXIT_SETUP
         try:
             for name, value in _IPC_OFF.items():

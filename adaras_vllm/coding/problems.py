@@ -10,11 +10,14 @@ Our format (JSONL, one problem per line), next to the math one (`id, question, a
 - ``entry_point`` (optional): the function ``check`` is called with;
 - ``timeout_s`` (optional): this problem's wall-time limit (default: the grader's);
 - ``setup`` (optional): Python source run before the candidate, in the same namespace: the
-  imports and helpers the question's code relies on (HumanEval's prompt).
+  imports and helpers the question's code relies on (HumanEval's prompt);
+- ``reference`` (optional): a known-good solution, the complete program a candidate would
+  be (``adaras code import --check`` runs it against the tests).
 
-`read_code_problems` also reads HumanEval's lines (``task_id, prompt, test, entry_point``)
-and MBPP's (``task_id, text, test_list, test_setup_code``; the sanitized variant's
-``prompt, test_imports`` too) directly, so their public files work as they are.
+`read_code_problems` also reads HumanEval's lines (``task_id, prompt, test, entry_point``;
+``prompt + canonical_solution`` is the reference) and MBPP's (``task_id, text, test_list,
+test_setup_code``; the sanitized variant's ``prompt, test_imports`` too; ``code`` is the
+reference) directly, so their public files work as they are.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class CodeProblem:
     entry_point: str | None = None
     timeout_s: float | None = None
     setup: str | None = None
+    reference: str | None = None  # a known-good solution: the complete candidate program
 
 
 def mbpp_question(text: str, first_test: str | None) -> str:
@@ -72,7 +76,8 @@ def _one_problem(line: Any) -> CodeProblem:
                              f"got {timeout!r}")
         return CodeProblem(pid, question, tests, entry or None,
                            None if timeout is None else float(timeout),
-                           line.optional_text("setup") or None)
+                           line.optional_text("setup") or None,
+                           line.optional_text("reference") or None)
     if "test_list" in obj:  # MBPP (original or sanitized)
         asserts = _strings(line, "test_list")
         text = line.text(line.key("text", "prompt", expected="the task description"))
@@ -80,13 +85,16 @@ def _one_problem(line: Any) -> CodeProblem:
         if not isinstance(setup, str):
             raise line.error(f"'test_setup_code' must be a string, got {setup!r}")
         tests = "\n".join([setup, *asserts]).strip() + "\n"
-        return CodeProblem(pid, mbpp_question(text, asserts[0] if asserts else None), tests)
+        return CodeProblem(pid, mbpp_question(text, asserts[0] if asserts else None), tests,
+                           reference=line.optional_text("code") or None)
     if "test" in obj and "prompt" in obj:  # HumanEval
         entry = line.text(line.key("entry_point", expected="the function the tests check"))
         prompt = line.text("prompt")
         # The prompt runs first: its imports and helper functions are part of the problem
         # (the candidate's own definition of the entry point replaces the stub).
-        return CodeProblem(pid, prompt, line.text("test"), entry, setup=prompt)
+        solution = line.optional_text("canonical_solution")
+        return CodeProblem(pid, prompt, line.text("test"), entry, setup=prompt,
+                           reference=None if solution is None else prompt + solution)
     raise line.error("not a coding problem: expected 'tests' (ours), 'test_list' (MBPP) or "
                      f"'prompt'+'test'+'entry_point' (HumanEval); keys present: {sorted(obj)}")
 

@@ -28,17 +28,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from queue import Queue
 
+from .cgroups import slot_cgroups
+from .verdict import ExecResult, Streams, verdict
+
 __all__ = ["ExecResult", "Isolation", "Job", "SandboxLimits", "SandboxPool",
-           "SandboxUnavailable", "namespaces_available", "run_candidate"]
+           "SandboxUnavailable", "check_sandbox", "namespaces_available", "run_candidate"]
 
 _HERE = Path(__file__).resolve().parent
 _LAUNCHER = _HERE / "launcher.py"
 _RUNNER_SOURCE = (_HERE / "candidate_runner.py").read_text(encoding="utf-8")
-STATUSES = ("pass", "fail", "timeout", "error")
 # Per-slot uids for candidates: far above any account a system creates, one per pool slot,
 # so a slot's process limit and its leftovers are its own.
 _BASE_UID = 1_700_000_000
@@ -83,31 +85,22 @@ class Isolation:
     """What the sandbox could hide, as reported with every result."""
 
     namespaces: bool  # own mount/PID/network namespaces and a chroot of system dirs only
-    own_uid: bool  # an unprivileged uid per slot (needs root)
+    own_uid: bool  # a uid of the candidate's own (root: one per slot; else in a user ns)
     cgroups: bool = False  # the slot's memory and pids cgroups bound the whole sandbox
+    user_namespace: bool = False  # unprivileged: the namespaces hang off a user namespace
+
+    @property
+    def mode(self) -> str:
+        return "namespaces" if self.namespaces else "limits-only"
 
     def describe(self) -> str:
         limit = ", memory+pids cgroup" if self.cgroups else ""
         if self.namespaces:
-            return ("namespaces: no network, only system directories and Python visible, "
+            how = " (user namespace, no root)" if self.user_namespace else ""
+            return (f"namespaces{how}: no network, only system directories and Python visible, "
                     f"{'own uid' if self.own_uid else 'same uid'}{limit}")
         return (f"process limits only ({'own uid' if self.own_uid else 'same uid as the grader'}"
-                "): network and files are NOT isolated (namespaces need root or CAP_SYS_ADMIN)")
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    """One candidate's verdict: ``status`` in pass/fail/timeout/error, with why."""
-
-    status: str
-    reason: str
-    seconds: float
-    output: str = ""  # the last bytes of what the candidate printed (stdout then stderr)
-    isolation: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "pass"
+                "): network and files are NOT isolated (allowed by --allow-unisolated)")
 
 
 _isolation_lock = threading.Lock()
@@ -118,51 +111,91 @@ class SandboxUnavailable(OSError):
     """The sandbox cannot run candidates safely here; the message says why and what to do."""
 
 
-def _python() -> tuple[str, str]:
-    """The interpreter candidates run on: the base installation, never the project's venv."""
-    prefix = os.path.realpath(sys.base_prefix)
-    exe = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-    if not exe.startswith(prefix + os.sep):
-        candidate = Path(prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-        exe = str(candidate) if candidate.exists() else exe
+_pythons: dict[str | None, tuple[str, str]] = {}
+_namespaces_why = ""
+
+
+def _python(chosen: str | None = None) -> tuple[str, str]:
+    """(interpreter, its installation prefix) candidates run on: ``chosen``
+    (``--sandbox-python``), else the base installation of the running Python, never the
+    project's venv."""
+    if chosen in _pythons:
+        return _pythons[chosen]
+    if chosen is None:
+        prefix = os.path.realpath(sys.base_prefix)
+        exe = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+        if not exe.startswith(prefix + os.sep):
+            candidate = Path(prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+            exe = str(candidate) if candidate.exists() else exe
+    else:
+        exe = os.path.realpath(chosen)
+        try:
+            prefix = subprocess.run([exe, "-I", "-c", "import sys; print(sys.base_prefix)"],
+                                    capture_output=True, text=True, timeout=60,
+                                    check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError) as e:
+            raise SandboxUnavailable(f"--sandbox-python {chosen} cannot be run ({e}); name "
+                                     "a Python 3 interpreter, e.g. /usr/bin/python3") from None
+        prefix = os.path.realpath(prefix)
+    _pythons[chosen] = (exe, prefix)
     return exe, prefix
 
 
-def namespaces_available() -> bool:
-    """Whether this process may create the sandbox's namespaces (probed once, with a
-    candidate that does nothing; no candidate's behaviour can change the answer)."""
+def namespaces_available(python: str | None = None) -> bool:
+    """Whether this process may create the sandbox's namespaces, as root or through a user
+    namespace (probed once, with a candidate that does nothing; no candidate's behaviour
+    can change the answer)."""
     global _namespaces_work
     with _isolation_lock:
         if _namespaces_work is None:
             probe = _in_a_slot(0, lambda slot: _launch("", "", None, SandboxLimits(wall_s=30),
-                                                       slot, True))
+                                                       slot, True, chosen_python=python))
             _namespaces_work = probe is not None
         return _namespaces_work
+
+
+def _refusal() -> SandboxUnavailable:
+    why = _namespaces_why or "the OS refused the namespaces"
+    return SandboxUnavailable(
+        f"the code sandbox cannot isolate candidates here ({why}): run as root, or enable "
+        "unprivileged user namespaces "
+        "(user.max_user_namespaces > 0, and kernel.unprivileged_userns_clone=1 or an "
+        "AppArmor profile that allows them), or pass --allow-unisolated to run candidates "
+        "with process limits only (network and files NOT isolated)")
+
+
+def check_sandbox(allow_unisolated: bool = False, python: str | None = None) -> str:
+    """Run an empty candidate once, before any engine starts: a machine that cannot
+    sandbox fails now, not after hours of sampling. Returns how candidates are isolated."""
+    return run_candidate("", "", allow_unisolated=allow_unisolated, python=python).isolation
 
 
 def run_candidate(
     candidate: str, tests: str, entry_point: str | None = None,
     limits: SandboxLimits = SandboxLimits(), *, slot: int = 0, isolate: bool | None = None,
-    setup: str = "",
+    setup: str = "", allow_unisolated: bool = False, python: str | None = None,
 ) -> ExecResult:
     """Run `setup` (the problem's own code), `candidate`, then `tests` in a fresh sandbox and
     say how it went.
 
-    `isolate`: None uses namespaces when this process may create them (probed once) and
-    process limits only otherwise (the result's `isolation` says which); True requires
+    `isolate`: None uses namespaces (as root, or through a user namespace; probed once)
+    and refuses (`SandboxUnavailable`) when they cannot be had, unless `allow_unisolated`
+    accepts process limits only (the result's `isolation` says which ran); True requires
     them; False skips them. Without namespaces, root refuses to run a candidate that would
-    keep uid 0.
+    keep uid 0. `python`: the interpreter candidates run on (default: the base
+    installation of the running Python).
     """
     for name, value in (("candidate", candidate), ("tests", tests), ("setup", setup)):
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a str of Python source, got {type(value).__name__}")
     if isolate is None:
-        isolate = namespaces_available()
-    elif isolate and not namespaces_available():
-        raise SandboxUnavailable("isolate=True needs namespaces (root or CAP_SYS_ADMIN) and "
-                                 "the OS refused them; isolate=None falls back to limits only")
+        isolate = namespaces_available(python)
+        if not isolate and not allow_unisolated:
+            raise _refusal()
+    elif isolate and not namespaces_available(python):
+        raise _refusal()
     result = _in_a_slot(slot, lambda claimed: _launch(candidate, tests, entry_point, limits,
-                                                      claimed, isolate, setup))
+                                                      claimed, isolate, setup, python))
     if result is None:  # namespaces worked at the probe and not now: never run without them
         raise SandboxUnavailable("the OS refused the sandbox's namespaces after allowing "
                                  "them earlier in this process")
@@ -193,56 +226,31 @@ def _in_a_slot(preferred: int, run: Callable[[int], ExecResult | None]) -> ExecR
     raise AssertionError("unreachable: the last try waits for its lock")
 
 
-def _cgroup_procs(slot: int, limits: SandboxLimits) -> list[str]:
-    """The slot's memory and pids cgroups (cgroup v1, as root), limits written; [] where
-    they cannot be made. Everything in the sandbox, shared memory and tmpfs included,
-    then counts against `limits.total_memory_bytes`."""
-    if os.geteuid() != 0:
-        return []
-    procs = []
-    settings = {"memory": {"memory.limit_in_bytes": str(limits.total_memory_bytes)},
-                "pids": {"pids.max": str(limits.processes + 2)}}
-    try:
-        for controller, values in settings.items():
-            root = Path("/sys/fs/cgroup") / controller
-            if not (root / "cgroup.procs").is_file():
-                return []
-            group = root / "adaras-sandbox" / f"slot-{slot}"
-            group.mkdir(parents=True, exist_ok=True)
-            for name, value in values.items():
-                (group / name).write_text(value)
-            procs.append(str(group / "cgroup.procs"))
-    except OSError:
-        return []
-    return procs
-
-
-def _memory_failures(cgroup_procs: list[str]) -> int:
-    """How often the slot's memory cgroup refused memory so far (0 without one)."""
-    for procs in cgroup_procs:
-        failcnt = Path(procs).with_name("memory.failcnt")
-        if failcnt.is_file():
-            try:
-                return int(failcnt.read_text())
-            except (OSError, ValueError):
-                return 0
-    return 0
-
-
 def _launch(candidate: str, tests: str, entry_point: str | None, limits: SandboxLimits,
-            slot: int, isolate: bool, setup: str = "") -> ExecResult | None:
+            slot: int, isolate: bool, setup: str = "", chosen_python: str | None = None
+            ) -> ExecResult | None:
     """One candidate in one sandbox; None when the OS refused the namespaces."""
-    python, prefix = _python()
+    global _namespaces_why
+    python, prefix = _python(chosen_python)
+    root = os.geteuid() == 0
+    user_namespace = isolate and not root
+    if user_namespace and not os.access(python, os.X_OK):
+        raise SandboxUnavailable(
+            f"{python} cannot be run by this user, so not by the sandbox either; pass "
+            "--sandbox-python PATH naming one that can (e.g. /usr/bin/python3)")
     # In a chroot the interpreter is bind-mounted where any uid can run it; without one an
     # unprivileged uid can only run an interpreter whose path all users may enter.
-    own_uid = os.geteuid() == 0 and (isolate or _runnable_by_others(python))
-    if os.geteuid() == 0 and not own_uid:
+    own_uid = user_namespace or (root and (isolate or _runnable_by_others(python)))
+    if root and not own_uid:
         raise SandboxUnavailable(
             f"without namespaces a candidate would run as root: {python} is not reachable by "
-            "other users (install Python where all users can run it, or allow namespaces)")
-    cgroups = _cgroup_procs(slot, limits)
-    failures_before = _memory_failures(cgroups)
-    isolation = Isolation(namespaces=isolate, own_uid=own_uid, cgroups=bool(cgroups))
+            "other users; pass --sandbox-python PATH naming one that is (e.g. "
+            "/usr/bin/python3), or allow namespaces")
+    cgroups = slot_cgroups(slot, total_memory_bytes=limits.total_memory_bytes,
+                           processes=limits.processes)
+    failures_before = cgroups.memory_failures()
+    isolation = Isolation(namespaces=isolate, own_uid=own_uid, cgroups=bool(cgroups.procs),
+                          user_namespace=user_namespace)
     work_dir = None if isolate else tempfile.mkdtemp(prefix="adaras-candidate-")
     uid = _BASE_UID + slot if own_uid else os.getuid()
     gid = _BASE_UID + slot if own_uid else os.getgid()
@@ -258,7 +266,8 @@ def _launch(candidate: str, tests: str, entry_point: str | None, limits: Sandbox
         "cpu_s": max(1, round(limits.cpu_s or limits.wall_s)),
         "memory_bytes": limits.memory_bytes, "processes": limits.processes,
         "file_bytes": limits.file_bytes, "open_files": limits.open_files,
-        "tmpfs_bytes": max(4 * limits.file_bytes, 64 << 20), "cgroup_procs": cgroups,
+        "tmpfs_bytes": max(4 * limits.file_bytes, 64 << 20), "cgroup_procs": list(cgroups.procs),
+        "user_namespace": user_namespace, "outer_uid": os.geteuid(), "outer_gid": os.getegid(),
     }
     payload = json.dumps({"setup": setup, "candidate": candidate, "tests": tests,
                           "entry_point": entry_point, "token": token}).encode()
@@ -284,11 +293,12 @@ def _launch(candidate: str, tests: str, entry_point: str | None, limits: Sandbox
     seconds = time.monotonic() - start
     news = bytes(streams.setup).decode("utf-8", "replace").strip()
     if news.startswith("no-namespaces:"):
+        _namespaces_why = news.removeprefix("no-namespaces:").strip()
         return None
     if news.startswith("setup-failed:"):
         raise SandboxUnavailable(f"the sandbox could not be set up: {news[14:].strip()}")
-    return _verdict(streams, proc.returncode, news, token, limits, seconds,
-                    isolation.describe(), _memory_failures(cgroups) > failures_before)
+    return verdict(streams, proc.returncode, news, token, limits, seconds,
+                    isolation.describe(), cgroups.memory_failures() > failures_before)
 
 
 def _runnable_by_others(python: str) -> bool:
@@ -297,22 +307,11 @@ def _runnable_by_others(python: str) -> bool:
     return dirs_ok and os.stat(path).st_mode & 0o005 == 0o005
 
 
-@dataclass
-class _Streams:
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
-    status: bytearray = field(default_factory=bytearray)
-    setup: bytearray = field(default_factory=bytearray)
-    printed: int = 0
-    over_output: bool = False
-    killed_late: bool = False
-
-
 def _exchange(proc: subprocess.Popen, payload: bytes, status_r: int, setup_r: int,
-              limits: SandboxLimits, start: float) -> _Streams:
+              limits: SandboxLimits, start: float) -> Streams:
     """Feed the payload, collect output (capped) and the verdict, until everything closes."""
     assert proc.stdin and proc.stdout and proc.stderr
-    out = _Streams()
+    out = Streams()
     keep = 16 << 10  # bytes of each stream kept for the report
     sel = selectors.DefaultSelector()
     os.set_blocking(proc.stdin.fileno(), False)
@@ -378,68 +377,6 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _tail(streams: _Streams, n: int = 4000) -> str:
-    text = bytes(streams.stdout).decode("utf-8", "replace")
-    err = bytes(streams.stderr).decode("utf-8", "replace")
-    if err:
-        text = f"{text}\n[stderr]\n{err}" if text else err
-    return text[-n:]
-
-
-def _verdict(streams: _Streams, code: int | None, news: str, token: str,
-             limits: SandboxLimits, seconds: float, isolation: str,
-             memory_hit: bool = False) -> ExecResult:
-    """The result, from the launcher's news first, then the runner's token-checked verdict,
-    then how the candidate exited (never from what the candidate could fake)."""
-    wall_timeout = news == "timeout"
-    killed_by, cpu_used = None, -1.0
-    if news.startswith("signal "):  # "signal N cpu SECONDS"
-        fields = news.split()
-        killed_by, cpu_used = int(fields[1]), float(fields[3])
-    output = _tail(streams)
-
-    def result(status: str, reason: str) -> ExecResult:
-        return ExecResult(status, reason, round(seconds, 4), output, isolation)
-
-    if streams.over_output:
-        return result("error", f"printed more than {limits.output_bytes} bytes (output cap)")
-    if streams.killed_late or wall_timeout:
-        return result("timeout", f"wall-time limit of {limits.wall_s:g} s exceeded")
-    reported = _reported(streams.status, token)
-    if reported is not None and code == 0:
-        return result(reported["status"], reported["reason"])
-    if killed_by is not None:
-        cpu = max(1, round(limits.cpu_s or limits.wall_s))  # what the launcher set
-        if killed_by == signal.SIGXCPU and cpu_used >= cpu - 0.05:
-            return result("timeout", f"CPU-time limit of {cpu:g} s exceeded")
-        if killed_by == signal.SIGXFSZ:
-            return result("error", f"wrote a file over {limits.file_bytes} bytes (file cap)")
-        try:
-            name = signal.Signals(killed_by).name
-        except ValueError:
-            name = str(killed_by)
-        why = " at the sandbox's memory limit" if memory_hit else ""
-        return result("error", f"killed by signal {name}{why}")
-    if streams.status and reported is None:
-        return result("error", "the verdict channel was written to by the candidate")
-    return result("error", f"exited with code {code} before its tests finished "
-                           "(sys.exit, os._exit or a crash)")
-
-
-def _reported(raw: bytearray, token: str) -> dict | None:
-    """The runner's verdict when `raw` is exactly one well-formed record with our token."""
-    if len(raw) > 4096:  # a real verdict is one short line; anything else was tampered with
-        return None
-    try:
-        record = json.loads(bytes(raw).decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
-    if (not isinstance(record, dict) or record.get("token") != token
-            or record.get("status") not in STATUSES or not isinstance(record.get("reason"), str)):
-        return None
-    return record
-
-
 @dataclass(frozen=True)
 class Job:
     """One candidate for the pool: its code, the problem's tests, and how to run them."""
@@ -458,13 +395,16 @@ class SandboxPool:
     """
 
     def __init__(self, workers: int | None = None, limits: SandboxLimits = SandboxLimits(),
-                 isolate: bool | None = None):
+                 isolate: bool | None = None, allow_unisolated: bool = False,
+                 python: str | None = None):
         workers = workers if workers is not None else (os.cpu_count() or 1)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.workers = workers
         self.limits = limits
         self.isolate = isolate
+        self.allow_unisolated = allow_unisolated
+        self.python = python
 
     def run(self, jobs: Sequence[Job],
             progress: Callable[[], None] | None = None) -> list[ExecResult]:
@@ -478,7 +418,9 @@ class SandboxPool:
             try:
                 return run_candidate(job.candidate, job.tests, job.entry_point,
                                      self.limits.with_wall(job.wall_s), slot=slot,
-                                     isolate=self.isolate, setup=job.setup)
+                                     isolate=self.isolate, setup=job.setup,
+                                     allow_unisolated=self.allow_unisolated,
+                                     python=self.python)
             finally:
                 slots.put(slot)
                 if progress is not None:

@@ -93,18 +93,21 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from adaras_vllm.maps import NeuronMap
-    from adaras_vllm.pipeline.tasks import check_grader, read_task_problems
+    from adaras_vllm.pipeline.tasks import check_grader, isolation_mode, read_task_problems
 
     from .runner import AskSettings, ask_offline, ask_server, settings_grid
     from .summary import format_table, plot_accuracy, summarize, write_results
 
     task, problems = read_task_problems(args.problems, args.task)
     problems = problems[: args.limit]
-    sandbox = check_grader(task)  # before any engine or request: code needs the sandbox
+    # before any engine or request: code needs the sandbox
+    sandbox = check_grader(task, args.allow_unisolated, args.sandbox_python)
     ask = AskSettings(max_tokens=args.max_tokens, temperature=args.temperature,
                       seed=args.seed, prompt_template=args.prompt_template,
                       answer_pattern=args.answer_pattern, task=task,
-                      grader_workers=args.grader_workers, code_block=args.code_block)
+                      grader_workers=args.grader_workers, code_block=args.code_block,
+                      allow_unisolated=args.allow_unisolated,
+                      sandbox_python=args.sandbox_python)
     start = time.time()
     if args.server:
         grid = settings_grid(args.alphas, [args.steer_map], args.modes)
@@ -145,8 +148,8 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"{len(problems)} {task} problems from {args.problems}, {where}, "
           f"{time.time() - start:.0f} s")
     print(format_table(summaries, metric="pass@1" if task == "code" else "accuracy"))
-    meta = {"problems": str(args.problems), "task": task, "sandbox": sandbox, "where": where,
-            "alphas": args.alphas,
+    meta = {"problems": str(args.problems), "task": task, "sandbox": sandbox,
+            "isolation_mode": isolation_mode(sandbox), "where": where, "alphas": args.alphas,
             "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed,
             "modes": args.modes}
     write_results(args.out, summaries, graded, meta)

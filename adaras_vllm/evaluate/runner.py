@@ -38,6 +38,8 @@ class AskSettings:
     task: str = "math"
     grader_workers: int | None = None
     code_block: str = "first"
+    allow_unisolated: bool = False  # code: limits-only sandbox where namespaces are refused
+    sandbox_python: str | None = None  # code: the candidates' interpreter (None: the base)
 
 
 def settings_grid(alphas: Sequence[float], maps: Sequence[str | None],
@@ -76,7 +78,9 @@ def grade_answers(answers: Sequence[_Answer], ask: AskSettings,
     """Grade every answer at once (code answers run in the sandbox pool, in parallel)."""
     traces = grade_responses(ask.task, [(a.problem, 0, a.text) for a in answers],
                              answer_pattern=ask.answer_pattern, workers=ask.grader_workers,
-                             progress=progress, code_block=ask.code_block)
+                             progress=progress, code_block=ask.code_block,
+                             allow_unisolated=ask.allow_unisolated,
+                             sandbox_python=ask.sandbox_python)
     graded = []
     for a, trace in zip(answers, traces):
         adaptive = a.setting.mode == "adaptive"

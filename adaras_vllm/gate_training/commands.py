@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from adaras_vllm.pipeline.commands import positive_int
+from adaras_vllm.arg_types import positive_int
 
 
 def add_gate_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -122,7 +122,8 @@ def run_gate_train(args: argparse.Namespace) -> int:
 
     args.task, problems = read_task_problems(args.problems, args.task)
     if args.labels is None:
-        check_grader(args.task)  # before any engine: code labels need the sandbox
+        # before any engine: code labels need the sandbox
+        check_grader(args.task, args.allow_unisolated, args.sandbox_python)
     if args.validation is not None:
         train, val = problems, read_task_problems(args.validation, args.task)[1]
     else:
@@ -241,7 +242,8 @@ def _label_and_render(cap: Any, problems: Sequence[Any], given: dict[str, bool] 
         graded = grade_responses(
             args.task, [(p, 0, o.outputs[0].text) for p, o in zip(problems, outputs)],
             answer_pattern=args.answer_pattern, workers=args.grader_workers,
-            code_block=args.code_block)
+            code_block=args.code_block, allow_unisolated=args.allow_unisolated,
+            sandbox_python=args.sandbox_python)
         labels = [t.is_good for t in graded]
     good = sum(labels)
     print(f"labels: {good} right, {len(labels) - good} wrong of {len(labels)} "

@@ -12,19 +12,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adaras_vllm.arg_types import positive_int
+
 if TYPE_CHECKING:  # math-verify (via .generate) is imported only when a command runs
     from .generate import SamplingSettings
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts and sizes: an integer above zero."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
@@ -88,8 +79,10 @@ def add_sampling_flags(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def add_task_flags(g: Any) -> None:
-    """--task and --grader-workers: how responses are graded (shared by every grading
-    command)."""
+    """--task, --grader-workers, --code-block and the sandbox's flags: how responses are
+    graded (shared by every grading command)."""
+    from adaras_vllm.coding.commands import add_sandbox_flags
+
     g.add_argument("--task", choices=("math", "code"),
                    help="how answers are graded: math (final answer vs gold, math-verify) or "
                         "code (the answer's code block run against the tests in a sandbox); "
@@ -100,6 +93,7 @@ def add_task_flags(g: Any) -> None:
                    help="code: which fenced block of the answer is the program: the first "
                         "(any language tag; the paper's extract_code) or the last ```python "
                         "block (default: %(default)s)")
+    add_sandbox_flags(g)
 
 
 def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
@@ -182,7 +176,8 @@ def _sample(args: argparse.Namespace, problems: list, settings: "SamplingSetting
     from .generate import sample_responses
     from .tasks import check_grader, grade_responses
 
-    isolation = check_grader(task)  # before the engine: a grader that cannot run fails now
+    # before the engine: a grader that cannot run fails now
+    isolation = check_grader(task, args.allow_unisolated, args.sandbox_python)
     os.environ.pop("ADARAS_NEURON_MAPS", None)  # sample the unsteered model
     start = time.time()
     llm = LLM(args.model, seed=settings.seed, **engine_kwargs(args))
@@ -194,7 +189,9 @@ def _sample(args: argparse.Namespace, problems: list, settings: "SamplingSetting
     if isolation:
         print(f"grading code in the sandbox ({isolation})")
     return grade_responses(task, responses, answer_pattern=settings.answer_pattern,
-                           workers=args.grader_workers, code_block=args.code_block)
+                           workers=args.grader_workers, code_block=args.code_block,
+                           allow_unisolated=args.allow_unisolated,
+                           sandbox_python=args.sandbox_python)
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -94,6 +94,7 @@ def sample_responses(
 def generate_traces(
     llm: Any, problems: Sequence[Any], settings: SamplingSettings, progress: bool = True,
     task: str = "math", grader_workers: int | None = None, code_block: str = "first",
+    allow_unisolated: bool = False, sandbox_python: str | None = None,
 ) -> list[Trace]:
     """Sample and grade (math: the final answer; code: the answer's code against the tests,
     in the sandbox)."""
@@ -101,4 +102,5 @@ def generate_traces(
 
     return grade_responses(task, sample_responses(llm, problems, settings, progress),
                            answer_pattern=settings.answer_pattern, workers=grader_workers,
-                           progress=progress, code_block=code_block)
+                           progress=progress, code_block=code_block,
+                           allow_unisolated=allow_unisolated, sandbox_python=sandbox_python)

@@ -8,7 +8,6 @@ everywhere and a problems file's kind is detected the same way when it is not gi
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,8 +16,8 @@ from adaras_vllm.responses import split_response
 
 from .traces import Trace, read_problems
 
-__all__ = ["TASKS", "check_grader", "detect_task", "grade_responses", "read_task_problems",
-           "verdict_counts"]
+__all__ = ["TASKS", "check_grader", "detect_task", "grade_responses", "isolation_mode",
+           "read_task_problems", "verdict_counts"]
 
 TASKS = ("math", "code")
 
@@ -53,30 +52,39 @@ def read_task_problems(path: str | os.PathLike[str], task: str | None = None
     return detected, read_code_problems(path)
 
 
-def check_grader(task: str) -> str | None:
+def check_grader(task: str, allow_unisolated: bool = False,
+                 sandbox_python: str | None = None) -> str | None:
     """Before any engine starts: for code, run an empty candidate through the sandbox, so
     a machine that cannot sandbox fails now and not after hours of sampling. Returns the
-    sandbox's isolation (and warns when it is limits only)."""
+    sandbox's isolation; raises `SandboxUnavailable` (an OSError saying why and the ways
+    out) when it cannot isolate candidates and `allow_unisolated` is False."""
     if task != "code":
         return None
-    from adaras_vllm.coding.sandbox import run_candidate
+    from adaras_vllm.coding.sandbox import check_sandbox
 
-    isolation = run_candidate("", "").isolation
-    if "NOT isolated" in isolation:
-        print(f"adaras: warning: the code sandbox is {isolation}", file=sys.stderr)
-    return isolation
+    return check_sandbox(allow_unisolated, sandbox_python)
+
+
+def isolation_mode(isolation: str | None) -> str | None:
+    """'namespaces' or 'limits-only' from the sandbox's isolation description (None: no
+    sandbox was used)."""
+    if not isolation:
+        return None
+    return "namespaces" if isolation.startswith("namespaces") else "limits-only"
 
 
 def grade_responses(
     task: str, items: Sequence[tuple[Any, int, str]], *, answer_pattern: str | None = None,
     workers: int | None = None, progress: bool = True, code_block: str = "first",
+    allow_unisolated: bool = False, sandbox_python: str | None = None,
 ) -> list[Trace]:
     """(problem, attempt, response text) -> graded traces, in order.
 
     Math: the final answer (last ``\\boxed{}`` or `answer_pattern`) against the gold answer
     with math-verify. Code: the answer's code (`extract_code`, its `code_block` rule) run
-    against the problem's tests in the sandbox, `workers` at a time; the trace's `verdict`
-    says how it ended.
+    against the problem's tests in the sandbox, `workers` at a time, on `sandbox_python`
+    (None: the base installation), with process limits only where namespaces cannot be had
+    if `allow_unisolated`; the trace's `verdict` says how it ended.
     """
     if task == "math":
         from .generate import label_response
@@ -98,7 +106,8 @@ def grade_responses(
         parts.append((thinking, code))
         jobs.append(Job(code, problem.tests, problem.entry_point, problem.timeout_s,
                         problem.setup or ""))
-    results = _run_with_progress(SandboxPool(workers), jobs, progress)
+    pool = SandboxPool(workers, allow_unisolated=allow_unisolated, python=sandbox_python)
+    results = _run_with_progress(pool, jobs, progress)
     return [
         Trace(id=p.id, attempt=attempt, question=p.question, thinking=thinking, answer=code,
               gold=None, is_good=r.passed, verdict=f"{r.status}: {r.reason}")
