@@ -51,9 +51,14 @@ needs_namespaces = pytest.mark.skipif(
 # Without namespaces root runs candidates only under another uid, which needs an
 # interpreter all users can reach.
 ROOT_WITHOUT_RUNNABLE_PYTHON = os.geteuid() == 0 and not _runnable_by_others(_python()[0])
+# ... which --sandbox-python names where the default is not (Debian's, for every user).
+FALLBACK_PYTHON = (str(DEBIAN_PYTHON) if ROOT_WITHOUT_RUNNABLE_PYTHON
+                   and DEBIAN_PYTHON.is_file() and _runnable_by_others(str(DEBIAN_PYTHON))
+                   else None)
 needs_fallback = pytest.mark.skipif(
-    ROOT_WITHOUT_RUNNABLE_PYTHON, reason=f"as root, limits-only mode refuses to run: "
-    f"{_python()[0]} is not reachable by other users")
+    ROOT_WITHOUT_RUNNABLE_PYTHON and FALLBACK_PYTHON is None,
+    reason=f"as root, limits-only mode refuses to run: {_python()[0]} is not reachable by "
+    "other users, and no interpreter that is was found")
 CGROUPS = "cgroup" in run_candidate("", "").isolation
 
 
@@ -532,14 +537,22 @@ def test_each_candidate_gets_a_fresh_empty_work_dir() -> None:
 
 @pytest.mark.skipif(not ROOT_WITHOUT_RUNNABLE_PYTHON, reason="the interpreter is reachable")
 def test_without_namespaces_root_never_runs_a_candidate_as_root() -> None:
-    with pytest.raises(SandboxUnavailable, match="would run as root"):
+    with pytest.raises(SandboxUnavailable, match="would run as root.*--sandbox-python PATH"):
         run("x = 1\n", isolate=False)
+
+
+def test_without_namespaces_a_sandbox_python_others_can_reach_is_accepted() -> None:
+    if FALLBACK_PYTHON is None:
+        pytest.skip("the default interpreter is reachable, or no other one is")
+    r = run("import sys\nprint(sys.executable)\n", isolate=False, python=FALLBACK_PYTHON)
+    assert r.passed and "own uid" in r.isolation
+    assert Path(r.output.strip()).resolve() == Path(FALLBACK_PYTHON).resolve()
 
 
 @needs_fallback
 def test_without_namespaces_the_work_dir_is_removed_afterwards() -> None:
     r = run("import os\nopen('left.txt', 'w').write('x')\nprint(os.getcwd())\n",
-            isolate=False)
+            isolate=False, python=FALLBACK_PYTHON)
     work_dir = Path(r.output.strip())
     assert r.passed and work_dir.name.startswith("adaras-candidate-")
     assert not work_dir.exists()
@@ -548,9 +561,10 @@ def test_without_namespaces_the_work_dir_is_removed_afterwards() -> None:
 
 @needs_fallback
 def test_without_namespaces_limits_still_apply() -> None:
-    assert run("while True:\n    pass\n", isolate=False, limits=SHORT).status == "timeout"
-    assert run("x = bytearray(64 << 30)\n", isolate=False).status == "error"
-    assert run("import os\nos._exit(0)\n", "assert False\n", isolate=False).status == "error"
+    fallback = {"isolate": False, "python": FALLBACK_PYTHON}
+    assert run("while True:\n    pass\n", limits=SHORT, **fallback).status == "timeout"
+    assert run("x = bytearray(64 << 30)\n", **fallback).status == "error"
+    assert run("import os\nos._exit(0)\n", "assert False\n", **fallback).status == "error"
 
 
 @pytest.mark.usefixtures("as_user")
