@@ -126,11 +126,16 @@ experiment-gate: install
 	    --problems $(ORG)/test.jsonl --alphas 0,2 --modes off,always,adaptive --max-tokens 128 \
 	    $(ENGINE) --max-num-seqs 256 --out $(ORG)/test-modes.json
 
-# The paper's published RCN lists for Qwen3-1.7B as shipped maps (first 50 rows each, the
-# paper's steering setting). The CSVs are read from ../shared and never copied.
+# The paper's seven published RCN lists (six for Qwen3-1.7B, AIME for Qwen3-4B) as shipped
+# maps (first 50 rows each, the paper's steering setting). The CSVs are read from ../shared
+# and never copied.
 PAPER_MAPS := ../shared/reference/adaras-paper/rcn_maps
 QWEN3_1_7B := --model Qwen/Qwen3-1.7B --model-type qwen3 --num-hidden-layers 28 \
     --intermediate-size 6144 --hidden-size 2048 --top 50 --default-alpha 0.3 \
+    --meta "paper=AdaRAS: Adaptive Reasoning Activation Steering" --meta paper_arxiv=2601.19847 \
+    --meta rows_kept=50
+QWEN3_4B := --model Qwen/Qwen3-4B --model-type qwen3 --num-hidden-layers 36 \
+    --intermediate-size 9728 --hidden-size 2560 --top 50 --default-alpha 0.3 \
     --meta "paper=AdaRAS: Adaptive Reasoning Activation Steering" --meta paper_arxiv=2601.19847 \
     --meta rows_kept=50
 paper-maps: install
@@ -143,6 +148,20 @@ paper-maps: install
 	$(ADARAS) maps import-csv $(PAPER_MAPS)/Math_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
 	    --name math --meta task=MATH --meta csv_file=Math_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
 	    $(QWEN3_1_7B) --out neuron_maps/math.safetensors
+	$(ADARAS) maps import-csv $(PAPER_MAPS)/AMC_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    --name amc --meta task=AMC --meta csv_file=AMC_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    $(QWEN3_1_7B) --out neuron_maps/amc.safetensors
+	$(ADARAS) maps import-csv $(PAPER_MAPS)/HumanEval_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    --name humaneval --meta task=HumanEval \
+	    --meta csv_file=HumanEval_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    $(QWEN3_1_7B) --out neuron_maps/humaneval.safetensors
+	$(ADARAS) maps import-csv $(PAPER_MAPS)/Mbpp_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    --name mbpp --meta task=MBPP --meta csv_file=Mbpp_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
+	    $(QWEN3_1_7B) --out neuron_maps/mbpp.safetensors
+	$(ADARAS) maps import-csv $(PAPER_MAPS)/AIME_Qwen3-4B/top_200_neurons_by_rel_abs_diff.csv \
+	    --name aime-qwen3-4b --meta task=AIME \
+	    --meta csv_file=AIME_Qwen3-4B/top_200_neurons_by_rel_abs_diff.csv \
+	    $(QWEN3_4B) --out neuron_maps/aime-qwen3-4b.safetensors
 
 # The positive control (README "A positive control: the modes organism"): the modes
 # organism's map built by the pipeline from sampled, graded train traces, the mode report,

@@ -82,7 +82,8 @@ def test_the_shipped_maps_are_listed_by_bare_name(installed):
     out = _run(installed, installed["adaras"], "maps", "list")
     assert out.returncode == 0, out.stderr[-3000:]
     names = out.stdout.split()
-    for name in ("aime", "gsm8k", "math", "organism-arith", "organism-modes"):
+    for name in ("aime", "amc", "gsm8k", "math", "humaneval", "mbpp", "aime-qwen3-4b",
+                 "organism-arith", "organism-modes"):
         assert name in names
 
 
