@@ -46,9 +46,15 @@ def add_gate_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of --problems held out for validation when --validation is "
                    "not given (default: %(default)s)")
-    p.add_argument("--labels", type=Path, metavar="TRACES",
-                   help="take labels from a traces file (a problem is 'good' when most of its "
-                   "traces are) instead of answering each question greedily")
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--labels", type=Path, metavar="TRACES",
+                        help="take labels from a traces file (a problem is 'good' when most "
+                        "of its traces are) instead of answering each question greedily")
+    labels.add_argument("--labels-field", metavar="FIELD",
+                        help="take each problem's label from this field of its own line in "
+                        "the problems files (the paper's AIME_train/validation carry its "
+                        "baseline's is_good: how the paper trained its gate) instead of "
+                        "answering each question greedily")
     p.add_argument("--features", type=positive_int, default=4096, metavar="N",
                    help="input features kept by F-score (paper: 4096; default %(default)s)")
     p.add_argument("--hidden", type=positive_int, default=256, metavar="H")
@@ -97,6 +103,36 @@ def _labels_from_traces(path: Path) -> dict[str, bool]:
     return {pid: sum(v) * 2 > len(v) for pid, v in votes.items()}
 
 
+def field_labels(path: Path, field: str) -> list[bool]:
+    """``field`` of every line of a problems file, in file order (true/false, 1/0, "True")."""
+    from adaras_vllm.jsonl import JsonLine, json_lines
+
+    labels = []
+    for lineno, obj in json_lines(path):
+        line = JsonLine(path, lineno, obj)
+        if field not in obj:
+            raise line.error(f"has no {field!r} field (--labels-field {field})")
+        labels.append(line.flag(field))
+    return labels
+
+
+def read_labelled(path: Path, task: str | None, field: str) -> tuple[str, list, dict[str, bool]]:
+    """(task, problems, label by problem id) of a file whose lines carry their own label;
+    repeated ids are numbered (``ID#2``), labels follow the lines."""
+    from adaras_vllm.pipeline.tasks import read_task_problems
+
+    task, problems = read_task_problems(path, task, number_repeats=True)
+    return task, problems, dict(zip((p.id for p in problems), field_labels(path, field)))
+
+
+def _label_source(args: argparse.Namespace) -> str:
+    if args.labels is not None:
+        return str(args.labels)
+    if args.labels_field is not None:
+        return f"field {args.labels_field!r} of the problems files"
+    return "greedy unsteered answers"
+
+
 def run_gate_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -120,27 +156,40 @@ def run_gate_train(args: argparse.Namespace) -> int:
     neuron_map = NeuronMap.load(args.neuron_map)
     from adaras_vllm.pipeline.tasks import check_grader
 
-    args.task, problems = read_task_problems(args.problems, args.task)
-    if args.labels is None:
+    given: dict[str, bool] | None = None
+    val_given: dict[str, bool] = {}
+    if args.labels_field is not None:
+        args.task, problems, given = read_labelled(args.problems, args.task, args.labels_field)
+    else:
+        args.task, problems = read_task_problems(args.problems, args.task)
+    if args.labels is None and args.labels_field is None:
         # before any engine: code labels need the sandbox
         check_grader(args.task, args.allow_unisolated, args.sandbox_python)
-    if args.validation is not None:
+    if args.validation is not None and args.labels_field is not None:
+        _, val, val_given = read_labelled(args.validation, args.task, args.labels_field)
+        train = problems
+    elif args.validation is not None:
         train, val = problems, read_task_problems(args.validation, args.task)[1]
     else:
         train, val = _split(problems, args.val_fraction, args.seed)
     every = train + val
-    given = _labels_from_traces(args.labels) if args.labels else None
-    if given is not None:
+    labels_given: list[bool] | None = None  # one per problem of `every`
+    if args.labels is not None:
+        given = _labels_from_traces(args.labels)
         missing = [p.id for p in every if p.id not in given]
         if missing:
             raise ValueError(f"--labels {args.labels} has no traces for problems "
                              f"{missing[:5]} ({len(missing)} in all)")
+        labels_given = [given[p.id] for p in every]
+    elif given is not None:  # --labels-field; the two files may reuse each other's ids
+        labels_given = ([given[p.id] for p in train]
+                        + [(val_given or given)[p.id] for p in val])
     engine = engine_kwargs(args)
 
     # 1 + 2a: label, render the served prompts, capture prompt means (one engine).
     with ActivationCapture(args.model, **engine) as cap:
         neuron_map.validate(cap.hf_text_config)
-        prompt_ids, labels = _label_and_render(cap, every, given, args)
+        prompt_ids, labels = _label_and_render(cap, every, labels_given, args)
         fscore = FScore(cap.shape)
         gate_inputs = [ids[:-1] for ids in prompt_ids]
         capturable = [i for i, ids in enumerate(gate_inputs) if len(ids) > 0]
@@ -188,7 +237,7 @@ def run_gate_train(args: argparse.Namespace) -> int:
         "gate_training_file": str(args.problems),
         "gate_validation": str(args.validation) if args.validation
         else f"{args.val_fraction:g} of the training file (seed {args.seed})",
-        "gate_labels": str(args.labels) if args.labels else "greedy unsteered answers",
+        "gate_labels": _label_source(args),
         "gate_auc_train": f"{auc_train:.4f}", "gate_auc_validation": f"{auc_val:.4f}",
         "gate_n": str(len(layers)), "gate_h": str(args.hidden), "gate_seed": str(args.seed),
         "gate_model": str(args.model), "gate_prompt_template": args.prompt_template,
@@ -221,10 +270,10 @@ def run_gate_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _label_and_render(cap: Any, problems: Sequence[Any], given: dict[str, bool] | None,
+def _label_and_render(cap: Any, problems: Sequence[Any], given: list[bool] | None,
                       args: argparse.Namespace) -> tuple[list[list[int]], list[bool]]:
     """The served prompt's token ids for each problem, and whether the model (greedy,
-    unsteered) answers it correctly (or the given label)."""
+    unsteered) answers it correctly (or its given label, one per problem)."""
     from vllm import SamplingParams
 
     from adaras_vllm.pipeline.tasks import grade_responses
@@ -237,7 +286,7 @@ def _label_and_render(cap: Any, problems: Sequence[Any], given: dict[str, bool] 
     outputs = cap.llm.chat(conversations, params, use_tqdm=True)
     prompt_ids = [list(o.prompt_token_ids) for o in outputs]
     if given is not None:
-        labels = [given[p.id] for p in problems]
+        labels = list(given)
     else:
         graded = grade_responses(
             args.task, [(p, 0, o.outputs[0].text) for p, o in zip(problems, outputs)],
@@ -247,7 +296,7 @@ def _label_and_render(cap: Any, problems: Sequence[Any], given: dict[str, bool] 
         labels = [t.is_good for t in graded]
     good = sum(labels)
     print(f"labels: {good} right, {len(labels) - good} wrong of {len(labels)} "
-          f"({'from ' + str(args.labels) if given is not None else 'greedy answers'})",
+          f"(from {_label_source(args)})",
           flush=True)
     return prompt_ids, labels
 

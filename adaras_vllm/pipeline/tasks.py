@@ -34,10 +34,11 @@ def detect_task(path: str | os.PathLike[str]) -> str:
     raise TraceFormatError(f"{path}: no problems in the file")
 
 
-def read_task_problems(path: str | os.PathLike[str], task: str | None = None
-                       ) -> tuple[str, list[Any]]:
+def read_task_problems(path: str | os.PathLike[str], task: str | None = None, *,
+                       number_repeats: bool = False) -> tuple[str, list[Any]]:
     """(task, problems) of a problems file; `task` None detects it from the file, and a
-    given `task` that the file's first problem contradicts is refused, naming both."""
+    given `task` that the file's first problem contradicts is refused, naming both.
+    `number_repeats`: math files may repeat an id (see `read_problems`)."""
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     detected = detect_task(path)
@@ -46,7 +47,7 @@ def read_task_problems(path: str | os.PathLike[str], task: str | None = None
             f"--task {task} but {path} holds {detected} problems (its first line has "
             f"{'tests' if detected == 'code' else 'no tests'}); drop --task to detect it")
     if detected == "math":
-        return detected, read_problems(path)
+        return detected, read_problems(path, number_repeats=number_repeats)
     from adaras_vllm.coding.problems import read_code_problems
 
     return detected, read_code_problems(path)

@@ -53,20 +53,27 @@ class Trace:
     verdict: str | None = None  # code: "status: reason" from the sandbox; math: None
 
 
-def read_problems(path: str | os.PathLike[str]) -> list[Problem]:
+def read_problems(path: str | os.PathLike[str], *, number_repeats: bool = False
+                  ) -> list[Problem]:
     """Problems from JSONL with `id`, `question` (or `problem`) and `answer`; extra keys ignored.
 
     Reads the paper's data files (gsm8k_test, Math500_test, AIME_*: `id` is an int there).
+    A repeated id is refused, unless `number_repeats`: the paper's AIME_train/validation
+    reuse ids across years, so there the n-th line with an id is named `ID#n` (n >= 2).
     """
     problems: list[Problem] = []
     seen: dict[str, int] = {}
+    repeats: dict[str, int] = {}
     for lineno, obj in json_lines(path):
         line = JsonLine(path, lineno, obj)
         pid = line.identifier(line.key("id", expected="the problem id"))
         question = line.text(line.key("question", "problem", expected="the problem text"))
         answer = line.text(line.key("answer", expected="the gold answer"), numbers=True)
         if pid in seen:
-            raise line.error(f"duplicate id {pid!r} (first on line {seen[pid]})")
+            if not number_repeats:
+                raise line.error(f"duplicate id {pid!r} (first on line {seen[pid]})")
+            repeats[pid] = repeats.get(pid, 1) + 1
+            pid = f"{pid}#{repeats[pid]}"
         seen[pid] = lineno
         problems.append(Problem(id=pid, question=question, answer=answer))
     return problems
