@@ -138,30 +138,19 @@ QWEN3_4B := --model Qwen/Qwen3-4B --model-type qwen3 --num-hidden-layers 36 \
     --intermediate-size 9728 --hidden-size 2560 --top 50 --default-alpha 0.3 \
     --meta "paper=AdaRAS: Adaptive Reasoning Activation Steering" --meta paper_arxiv=2601.19847 \
     --meta rows_kept=50
+# name:CSV folder:task, first the six Qwen3-1.7B lists, then Qwen3-4B's.
+PAPER_1_7B := aime:AIME_Qwen3-1.7B:AIME gsm8k:gsm8k_Qwen3-1.7B:GSM8K math:Math_Qwen3-1.7B:MATH \
+    amc:AMC_Qwen3-1.7B:AMC humaneval:HumanEval_Qwen3-1.7B:HumanEval mbpp:Mbpp_Qwen3-1.7B:MBPP
+PAPER_4B := aime-qwen3-4b:AIME_Qwen3-4B:AIME
+PAPER_CSV := top_200_neurons_by_rel_abs_diff.csv
 paper-maps: install
-	$(ADARAS) maps import-csv $(PAPER_MAPS)/AIME_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    --name aime --meta task=AIME --meta csv_file=AIME_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    $(QWEN3_1_7B) --out neuron_maps/aime.safetensors
-	$(ADARAS) maps import-csv $(PAPER_MAPS)/gsm8k_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    --name gsm8k --meta task=GSM8K --meta csv_file=gsm8k_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    $(QWEN3_1_7B) --out neuron_maps/gsm8k.safetensors
-	$(ADARAS) maps import-csv $(PAPER_MAPS)/Math_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    --name math --meta task=MATH --meta csv_file=Math_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    $(QWEN3_1_7B) --out neuron_maps/math.safetensors
-	$(ADARAS) maps import-csv $(PAPER_MAPS)/AMC_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    --name amc --meta task=AMC --meta csv_file=AMC_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    $(QWEN3_1_7B) --out neuron_maps/amc.safetensors
-	$(ADARAS) maps import-csv $(PAPER_MAPS)/HumanEval_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    --name humaneval --meta task=HumanEval \
-	    --meta csv_file=HumanEval_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    $(QWEN3_1_7B) --out neuron_maps/humaneval.safetensors
-	$(ADARAS) maps import-csv $(PAPER_MAPS)/Mbpp_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    --name mbpp --meta task=MBPP --meta csv_file=Mbpp_Qwen3-1.7B/top_200_neurons_by_rel_abs_diff.csv \
-	    $(QWEN3_1_7B) --out neuron_maps/mbpp.safetensors
-	$(ADARAS) maps import-csv $(PAPER_MAPS)/AIME_Qwen3-4B/top_200_neurons_by_rel_abs_diff.csv \
-	    --name aime-qwen3-4b --meta task=AIME \
-	    --meta csv_file=AIME_Qwen3-4B/top_200_neurons_by_rel_abs_diff.csv \
-	    $(QWEN3_4B) --out neuron_maps/aime-qwen3-4b.safetensors
+	@set -e; shape='$(QWEN3_1_7B)'; for spec in $(PAPER_1_7B) -- $(PAPER_4B); do \
+	    if [ "$$spec" = "--" ]; then shape='$(QWEN3_4B)'; continue; fi; \
+	    name=$${spec%%:*}; rest=$${spec#*:}; folder=$${rest%%:*}; task=$${rest#*:}; \
+	    eval "$(ADARAS) maps import-csv $(PAPER_MAPS)/$$folder/$(PAPER_CSV) --name $$name \
+	        --meta task=$$task --meta csv_file=$$folder/$(PAPER_CSV) \
+	        $$shape --out neuron_maps/$$name.safetensors"; \
+	done
 
 # The positive control (README "A positive control: the modes organism"): the modes
 # organism's map built by the pipeline from sampled, graded train traces, the mode report,
