@@ -82,7 +82,7 @@ def max_steer_alpha() -> float:
     raw = os.environ.get(MAX_ALPHA_ENV, "")
     if not raw:
         return DEFAULT_MAX_STEER_ALPHA
-    value = _finite_or_nan(raw)
+    value = float_or_nan(raw)
     if not math.isfinite(value) or value < 0:
         raise SteeringParamError(
             f"{MAX_ALPHA_ENV} must be a finite non-negative number, got {raw!r}"
@@ -98,7 +98,7 @@ def default_steer_alpha() -> float | None:
         return 0.0
     if raw == "map":
         return None
-    value = _finite_or_nan(raw)
+    value = float_or_nan(raw)
     if not math.isfinite(value):
         raise SteeringParamError(
             f"{DEFAULT_ALPHA_ENV} must be a finite number or 'map', got {raw!r}"
@@ -207,13 +207,14 @@ def _checked_alpha(raw: Any, bound: float) -> float:
         raise SteeringParamError(
             f"{expected}, got {_short(raw)} ({type(raw).__name__})", field=STEER_ALPHA, value=raw
         )
-    value = _finite_or_nan(raw)  # a 400-digit integer overflows float: out of bounds too
+    value = float_or_nan(raw)  # a 400-digit integer overflows float: out of bounds too
     if not math.isfinite(value) or abs(value) > bound:
         raise SteeringParamError(f"{expected}, got {_short(raw)}", field=STEER_ALPHA, value=raw)
     return value
 
 
-def _finite_or_nan(raw: Any) -> float:
+def float_or_nan(raw: Any) -> float:
+    """``float(raw)``, or NaN where it has none (a string, an int past float's range)."""
     try:
         return float(raw)
     except (TypeError, ValueError, OverflowError):

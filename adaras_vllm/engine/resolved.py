@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .params import MODES, STEER_ALPHA, STEER_MAP, STEER_MODE, SteeringParams
+from .params import MODES, STEER_ALPHA, STEER_MAP, STEER_MODE, SteeringParams, float_or_nan
 
 logger = logging.getLogger("vllm.adaras")
 
@@ -51,7 +51,7 @@ class ResolvedSteering(SteeringParams):
         problem = None
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
             problem = f"{STEER_ALPHA} {alpha!r:.80} is not a number"
-        elif not math.isfinite(_as_float(alpha)):
+        elif not math.isfinite(float_or_nan(alpha)):
             problem = f"{STEER_ALPHA} {str(alpha)[:80]} is not a finite float"
         elif map_name not in map_names:
             problem = f"{STEER_MAP} {map_name!r:.80} is not a loaded map"
@@ -63,18 +63,11 @@ class ResolvedSteering(SteeringParams):
             logger.warning("adaras: a request's steering record is malformed (%s); it is "
                            "not steered", problem)
             return cls.unsteered(map_names)
-        value = 0.0 if mode == "off" else _as_float(alpha) + 0.0
+        value = 0.0 if mode == "off" else float_or_nan(alpha) + 0.0
         key = args.get(GATE_KEY)
         return cls(value, map_name, mode, map_id=map_names.index(map_name),
                    gate_key=str(key) if key is not None and mode == "adaptive" and value
                    else None)
-
-
-def _as_float(value: int | float) -> float:
-    try:
-        return float(value)
-    except OverflowError:  # an integer past float's range
-        return math.inf
 
 
 def resolved_of(request: Any, map_names: Sequence[str], gated_maps: Sequence[str]) -> ResolvedSteering:
