@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install serve demo test test-fast bench docker-check lm-eval-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check gpu-check-bare reliability mbpp-regrade clean
+.PHONY: install serve demo test test-fast scale-check bench docker-check lm-eval-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check gpu-check-bare reliability mbpp-regrade clean
 
 install: $(STAMP)
 
@@ -44,6 +44,19 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not engine"
 
+# README "Scaling out": the topologies too slow for make test, each steered answer checked
+# against a solo server (about 10 minutes): multi-node data parallel as vLLM runs it (a
+# headless rank, refused without or with other maps; external load balancing) and Ray
+# Serve LLM on a local two-node Ray cluster (installs the ray extra).
+RAY_STAMP := $(VENV)/.adaras-ray-installed
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS),ray]'
+	-$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null
+	@touch $(RAY_STAMP)
+
+scale-check: $(RAY_STAMP)
+	$(PY) -m pytest -q -ra -m scale --durations=10 tests/test_scale_multinode.py tests/test_scale_ray.py
+
 # Figures for the README: run on an otherwise idle machine. Every comparison runs both
 # sides on the same core and threads (vLLM's CPU worker binds to one core; the other
 # side is pinned to it) and alternates them; each script prints threads and affinity.
@@ -55,6 +68,7 @@ bench: install
 	$(PY) benchmarks/paper_vs_ours.py --out out/bench/paper_vs_ours.json
 	$(PY) benchmarks/capture_throughput.py --profile --out out/bench/capture.json
 	$(PY) benchmarks/gate_cost.py --out out/bench/gate_cost.json
+	$(PY) benchmarks/scaling.py --out out/bench/scaling.json
 	$(PY) benchmarks/grader_throughput.py
 
 # README "Coding tasks": regrade the paper's MBPP traces with our extraction and sandbox.

@@ -15,16 +15,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from adaras_vllm.engine.params import (
-    DEFAULT_ALPHA_ENV,
-    DEFAULT_MODE_ENV,
-    MAX_ALPHA_ENV,
-    MODES,
-    SteeringParamError,
-)
-from adaras_vllm.engine.registry import ENV_VAR, MapRegistry, active_registry
+from adaras_vllm.engine.params import MODES, SteeringDefaults, SteeringParamError
+from adaras_vllm.engine.registry import ENV_VAR, MapRegistry, front_end_registry
+from adaras_vllm.engine.steering_config import KEY, SteeringConfig
 
 from .auth import ApiKeyMiddleware
+from .engine_calls import every_worker
 from .openapi import document_steering
 from .request_body import DEFAULT_MAX_BODY_BYTES
 from .routes import add_steering_routes
@@ -180,43 +176,58 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
         map_specs = [os.environ[ENV_VAR]]
     if not map_specs:
         raise ServeConfigError("adaras serve: give at least one --neuron-map NAME=PATH")
-    if (args.api_server_count or 1) > 1:
-        raise ServeConfigError(
-            "adaras serve: --api-server-count > 1 is not supported: vLLM's extra API server "
-            "processes build their own app without the steering layer (audit, metrics, "
-            "limits); run one API server per engine, or several adaras serve behind a proxy"
-        )
+    if args.headless and (args.api_server_count or 0) > 0:
+        raise ServeConfigError("adaras serve: --api-server-count cannot be used with "
+                               "--headless (a headless node starts engines, no API server)")
     if args.max_request_body_bytes <= 0:
         raise ServeConfigError("adaras serve: --max-request-body-bytes must be a positive integer, "
                          f"got {args.max_request_body_bytes}")
     spec = ",".join(map_specs)
+    defaults = SteeringDefaults(args.max_steer_alpha, args.default_steer_alpha,
+                                args.default_steer_mode)
     try:
-        registry = MapRegistry.from_spec(spec)
+        config, maps = SteeringConfig.from_spec(spec, defaults)
+        registry = MapRegistry(maps, config=config)
     except (OSError, ValueError) as e:  # a missing or malformed map: say which, and stop
         raise ServeConfigError(f"adaras serve: {_one_line(e)}") from None
     if _model_given(argv, args) and not any(
             a.startswith(("--gpu-memory-utilization", "--kv-cache-memory")) for a in argv):
         _fit_cpu_memory(args)
-    # Every process (this one, the engine core, each worker) decides from the same
-    # environment: the maps, the bound and the default alpha.
-    os.environ[ENV_VAR] = spec
-    os.environ[MAX_ALPHA_ENV] = repr(args.max_steer_alpha)
-    os.environ[DEFAULT_ALPHA_ENV] = ("map" if args.default_steer_alpha is None
-                                     else repr(args.default_steer_alpha))
-    os.environ[DEFAULT_MODE_ENV] = args.default_steer_mode
     try:
         registry.check_defaults()
     except SteeringParamError as e:
         raise ServeConfigError(f"adaras serve: {e}") from None
+    # Every process (this one, the engine cores, each worker, every DP rank) steers as
+    # the engine's own configuration says: it travels wherever vLLM sends the config.
+    extra = args.additional_config if isinstance(args.additional_config, dict) else {}
+    if KEY in extra:
+        raise ServeConfigError(
+            f"adaras serve: --additional-config already has an {KEY!r} entry; name maps "
+            "with --neuron-map (adaras serve writes that entry itself)")
+    args.additional_config = {**extra, KEY: config.to_dict()}
     install_in_every_process()
-    policy = SteeringPolicy(registry.maps, max_alpha=args.max_steer_alpha,
-                            default_alpha=args.default_steer_alpha)
+    policy = policy_of(registry)
     api_keys = [k for k in (args.api_key or []) if k]
     env_key = os.environ.pop("VLLM_API_KEY", "")  # else vLLM's own check would ask for it too
     if not api_keys and env_key:
         api_keys = [env_key]
     args.api_key = None  # our middleware covers every route but /health, not only /v1
     return args, policy, api_keys
+
+
+def serving_registry(engine_client) -> MapRegistry:  # noqa: ANN001
+    """The maps this engine's front end decides with (taken from the engine's config)."""
+    registry = front_end_registry(getattr(engine_client, "input_processor", None))
+    if not registry or registry.config is None:
+        raise ServeConfigError("adaras serve: the engine came up without steering in its "
+                               "configuration; refusing to serve")
+    return registry
+
+
+def policy_of(registry: MapRegistry) -> SteeringPolicy:
+    """The HTTP layer's view of the operator's choices, from the registry an engine uses."""
+    return SteeringPolicy(registry.maps, max_alpha=registry.defaults.max_alpha,
+                          default_alpha=registry.defaults.default_alpha)
 
 
 def install_in_every_process() -> None:
@@ -227,26 +238,81 @@ def install_in_every_process() -> None:
     with the maps set); a forked one inherits what ``register`` patched here."""
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
 
-    from adaras_vllm.engine.plugin import register
+    from adaras_vllm.engine.plugin import install_steering, register
 
     cli_env_setup()
     register()
+    install_steering()
     guard_responses_rendering()
 
 
-async def check_engine_steers(engine_client, policy: SteeringPolicy) -> list[int]:  # noqa: ANN001
-    """Refuse to serve if a worker reports no steering while maps are configured."""
+async def check_engine_steers(engine_client, config: SteeringConfig) -> list[int]:  # noqa: ANN001
+    """Refuse to serve unless every worker of every rank steers with this configuration
+    and passed its start-up self-test."""
     from adaras_vllm.engine.worker_rpcs import STATUS_METHOD
 
-    statuses = await engine_client.collective_rpc(STATUS_METHOD)
-    missing = [rank for rank, s in enumerate(statuses) if not s.get("installed")]
-    if missing or not statuses:
+    try:
+        statuses = await every_worker(engine_client, STATUS_METHOD)
+    except Exception as e:  # noqa: BLE001 - a rank without the plugin cannot answer at all
         raise ServeConfigError(
-            f"adaras serve: maps {', '.join(policy.map_names)} are configured but worker "
-            f"rank(s) {missing or 'all'} report no steering installed; refusing to serve "
-            "unsteered responses as steered"
-        )
+            f"adaras serve: refusing to serve maps {', '.join(config.names)}: a worker could "
+            f"not report its steering (is adaras-vllm installed on every node?): "
+            f"{_one_line(e)}") from None
+    problems = worker_status_problems(statuses, config)
+    if problems:
+        raise ServeConfigError(
+            f"adaras serve: refusing to serve maps {', '.join(config.names)}: "
+            + "; ".join(problems))
     return sorted({layer for s in statuses for layer in s["layers"]})
+
+
+def worker_status_problems(statuses: list[dict], config: SteeringConfig) -> list[str]:
+    """What each worker's status says is wrong, one line per worker, naming it."""
+    if not statuses:
+        return ["no worker answered the steering status call"]
+    expected = {m.name: m.fingerprint for m in config.maps}
+    problems = []
+    for i, s in enumerate(statuses):
+        who = (f"worker rank {s.get('rank', i)} of DP rank {s.get('dp_rank', '?')} on node "
+               f"{s.get('node', '?')}")
+        if not s.get("installed"):
+            problems.append(f"{who} has no steering installed (started without the "
+                            "engine's adaras configuration?)")
+        elif s.get("config") != config.fingerprint():
+            found = s.get("map_fingerprints") or {}
+            differ = [f"{m.name} ({m.path}): {found.get(m.name, 'absent')}, expected "
+                      f"{m.fingerprint}" for m in config.maps
+                      if found.get(m.name) != m.fingerprint]
+            extra = sorted(set(found) - set(expected))
+            problems.append(f"{who} steers with another configuration"
+                            + (f"; maps that differ: {'; '.join(differ)}" if differ else "")
+                            + (f"; maps the front end does not have: {', '.join(extra)}"
+                               if extra else "")
+                            + _field_differences(s.get("steering_config"), config))
+        elif not _self_test_done(s.get("self_test")):
+            problems.append(f"{who} did not run the start-up steering self-test"
+                            + (f" ({s['self_test']['reason']})"
+                               if (s.get("self_test") or {}).get("reason") else ""))
+    return problems
+
+
+def _self_test_done(report: dict | None) -> bool:
+    """Ran and passed (a failure refuses in the worker), or skipped where nothing can be
+    seen (a pipeline stage without output)."""
+    return bool(report) and bool(report.get("ran") or report.get("skipped"))
+
+
+def _field_differences(theirs: dict | None, config: SteeringConfig) -> str:
+    """``; path: A here, B there`` for each field of a worker's configuration that differs."""
+    if not isinstance(theirs, dict):
+        return ""
+    ours = config.to_dict()
+    notes = [f"{k}: {ours.get(k)!r} here, {theirs.get(k)!r} there"
+             for k in ("max_alpha", "default_alpha", "default_mode") if ours.get(k) != theirs.get(k)]
+    their_paths = {m.get("name"): m.get("path") for m in theirs.get("maps") or []}
+    notes += [f"path of {m.name}: {m.path} here, {their_paths[m.name]} there"
+              for m in config.maps if m.name in their_paths and their_paths[m.name] != m.path]
+    return "".join(f"; {n}" for n in notes)
 
 
 def _one_line(error: Exception) -> str:
@@ -294,10 +360,11 @@ async def serve(args: argparse.Namespace, policy: SteeringPolicy, api_keys: list
 
     listen_address, sock = setup_server(args, reuse_port=False)
     async with build_async_engine_client(args) as engine_client:
-        layers = await check_engine_steers(engine_client, policy)
+        registry = serving_registry(engine_client)
+        layers = await check_engine_steers(engine_client, registry.config)
         tasks = await engine_client.get_supported_tasks()
         app = build_app(args, tasks, engine_client.model_config)
-        install_steering_layer(app, policy, api_keys, active_registry(),
+        install_steering_layer(app, policy, api_keys, registry,
                                max_body_bytes=args.max_request_body_bytes)
         await init_app_state(engine_client, app.state, args, tasks)
         model = (args.served_model_name or [args.model])[0]
@@ -326,7 +393,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, policy, api_keys = prepare(argv)
         validate_parsed_serve_args(args)
-        uvloop.run(serve(args, policy, api_keys))
+        if args.headless:  # a node that only runs engines (multi-node data parallel)
+            from vllm.entrypoints.cli.serve import run_headless
+
+            args.api_server_count = 0
+            run_headless(args)
+        elif (args.api_server_count or 1) > 1:
+            from .api_processes import serve_with_api_processes
+
+            serve_with_api_processes(args, api_keys)
+        else:
+            uvloop.run(serve(args, policy, api_keys))
     except ServeConfigError as e:
         print(e, file=sys.stderr, flush=True)
         return 1

@@ -17,6 +17,7 @@ from adaras_vllm.engine.params import SteeringParams
 from adaras_vllm.engine.request_context import HttpSteering
 
 from .asgi import Message, Send, openai_error, send_json
+from .engine_calls import merged_from_every_worker
 from .metrics import (
     GATE_DECISIONS,
     REJECTED_REQUESTS,
@@ -99,8 +100,8 @@ class AuditingSend:
         client = getattr(getattr(self.app, "state", None), "engine_client", None)
         if client is not None and keys:
             try:
-                ranks = await client.collective_rpc(GATE_RESULTS_METHOD, args=(keys,))
-                results = ranks[0] if ranks else {}
+                results = await merged_from_every_worker(client, GATE_RESULTS_METHOD,
+                                                         args=(keys,))
             except Exception:  # noqa: BLE001 - the answer itself must still go out
                 logger.exception("adaras: could not read gate results for %s", keys)
         self.gate = [results.get(k) for k in keys]

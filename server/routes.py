@@ -4,12 +4,14 @@ idle: per-request steering state must not outlive its request)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
 from adaras_vllm.engine.worker_rpcs import STATUS_METHOD
 
+from .engine_calls import every_worker
 from .steering_fields import SteeringPolicy
 
 
@@ -45,8 +47,8 @@ def add_steering_routes(app: FastAPI, policy: SteeringPolicy) -> None:
     @router.get("/v1/steering/status", tags=["steering"],
                 summary="Per worker rank: steered layers and requests tracked right now")
     async def steering_status(request: Request) -> dict[str, Any]:
-        ranks = await request.app.state.engine_client.collective_rpc(STATUS_METHOD)
-        return {"object": "steering.status", "ranks": ranks,
+        ranks = await every_worker(request.app.state.engine_client, STATUS_METHOD)
+        return {"object": "steering.status", "api_process": os.getpid(), "ranks": ranks,
                 "tracked_requests": sum(int(r.get("tracked_requests", 0)) for r in ranks)}
 
     app.include_router(router)

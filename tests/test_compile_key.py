@@ -1,5 +1,6 @@
-"""vLLM's compile-cache key must change when steering is patched in (and with the maps),
-so a graph traced without the steer op is never loaded for a steered engine."""
+"""vLLM's compile-cache key must change with the steering an engine carries, so a graph
+traced without the steer op (or for other maps) is never loaded for a steered engine.
+The maps travel in ``additional_config``, which ``VllmConfig.compute_hash`` covers."""
 
 from __future__ import annotations
 
@@ -9,16 +10,12 @@ from conftest import ENV_VAR, map_spec
 pytestmark = pytest.mark.engine  # builds a real VllmConfig (imports vLLM)
 
 
-@pytest.fixture(scope="module")
-def vllm_config(qwen3_tiny):
+def _config(model_dir, monkeypatch, spec: str):
     from vllm.engine.arg_utils import EngineArgs
 
     from adaras_vllm.engine.plugin import register
 
-    model_dir, maps = qwen3_tiny
-    import os
-
-    os.environ[ENV_VAR] = map_spec(maps)
+    monkeypatch.setenv(ENV_VAR, spec)
     register()
     args = EngineArgs(model=str(model_dir), dtype="float32", max_model_len=512)
     return args.create_engine_config()
@@ -30,22 +27,24 @@ def _aot_key(cfg) -> list[str]:
     return aot_compile_hash_factors(cfg)
 
 
-def test_compile_cache_key_differs_with_and_without_the_plugin(vllm_config, monkeypatch):
-    monkeypatch.setenv(ENV_VAR, "")
-    plain = (vllm_config.compute_hash(), _aot_key(vllm_config))
-    monkeypatch.undo()
-    steered = (vllm_config.compute_hash(), _aot_key(vllm_config))
-    assert plain[0] != steered[0]
-    assert plain[1] != steered[1]
+def test_compile_cache_key_differs_with_and_without_maps(qwen3_tiny, monkeypatch):
+    model_dir, maps = qwen3_tiny
+    steered = _config(model_dir, monkeypatch, map_spec(maps))
+    plain = _config(model_dir, monkeypatch, "")
+    assert "adaras" in steered.additional_config and "adaras" not in plain.additional_config
+    assert steered.compute_hash() != plain.compute_hash()
+    assert _aot_key(steered) != _aot_key(plain)
 
 
-def test_compile_cache_key_differs_between_map_sets(vllm_config, qwen3_tiny, monkeypatch):
-    _, maps = qwen3_tiny
-    both = vllm_config.compute_hash()
-    monkeypatch.setenv(ENV_VAR, map_spec({"alpha_map": maps["alpha_map"]}))
-    one = vllm_config.compute_hash()
-    assert both != one
+def test_compile_cache_key_differs_between_map_sets(qwen3_tiny, monkeypatch):
+    model_dir, maps = qwen3_tiny
+    both = _config(model_dir, monkeypatch, map_spec(maps)).compute_hash()
+    one = _config(model_dir, monkeypatch, map_spec({"alpha_map": maps["alpha_map"]}))
+    assert both != one.compute_hash()
 
 
-def test_compile_cache_key_is_stable_for_the_same_maps(vllm_config):
-    assert vllm_config.compute_hash() == vllm_config.compute_hash()
+def test_compile_cache_key_is_stable_for_the_same_maps(qwen3_tiny, monkeypatch):
+    model_dir, maps = qwen3_tiny
+    first = _config(model_dir, monkeypatch, map_spec(maps)).compute_hash()
+    again = _config(model_dir, monkeypatch, map_spec(maps))
+    assert first == again.compute_hash() == again.compute_hash()

@@ -93,10 +93,27 @@ def test_a_map_default_alpha_above_the_bound_refuses_to_start(monkeypatch, tmp_p
         _prepare(monkeypatch, "--model", "m", "--neuron-map", f"strong={strong}")
 
 
-def test_several_api_servers_are_refused_naming_the_flag(monkeypatch):
-    with pytest.raises(ServeConfigError, match="--api-server-count > 1 is not supported"):
+def test_api_servers_with_headless_are_refused_naming_both_flags(monkeypatch):
+    with pytest.raises(ServeConfigError, match="--api-server-count cannot be used with "
+                                               "--headless"):
         _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
-                 "--api-server-count", "2")
+                 "--api-server-count", "2", "--headless")
+
+
+def test_the_engine_configuration_carries_the_maps_bounds_and_defaults(monkeypatch):
+    from adaras_vllm.engine.steering_config import SteeringConfig
+
+    args, _, _ = _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
+                          "--max-steer-alpha", "5", "--default-steer-alpha", "-1")
+    carried = SteeringConfig.from_dict(args.additional_config["adaras"])
+    assert [(m.name, m.path) for m in carried.maps] == [("arith", str(ORGANISM_MAP))]
+    assert (carried.defaults.max_alpha, carried.defaults.default_alpha) == (5.0, -1.0)
+
+
+def test_an_adaras_entry_in_additional_config_is_refused_beside_neuron_maps(monkeypatch):
+    with pytest.raises(ServeConfigError, match="already has an 'adaras' entry"):
+        _prepare(monkeypatch, "--model", "m", "--neuron-map", f"arith={ORGANISM_MAP}",
+                 "--additional-config", '{"adaras": {}}')
 
 
 def test_a_non_positive_body_limit_is_refused(monkeypatch):
@@ -115,23 +132,74 @@ class _EngineReporting:
     def __init__(self, statuses: list[dict]) -> None:
         self.statuses = statuses
 
-    async def collective_rpc(self, method: str) -> list[dict]:
+    async def collective_rpc(self, method: str, args: tuple = ()) -> list[dict]:
         assert method == "adaras_steering_status"
         return self.statuses
 
 
-def test_serving_is_refused_when_a_worker_reports_no_steering():
+def _organism_config():
+    from adaras_vllm.engine.steering_config import SteeringConfig
+
+    return SteeringConfig.from_spec(f"arith={ORGANISM_MAP}")[0]
+
+
+def _status(front_end_config, /, **changes) -> dict:
+    status = {"installed": True, "layers": [0, 1], "tracked_requests": 0, "rank": 0,
+              "dp_rank": 0, "node": "node-a", "config": front_end_config.fingerprint(),
+              "map_fingerprints": {m.name: m.fingerprint for m in front_end_config.maps},
+              "self_test": {"ran": True, "changed": True}}
+    return {**status, **changes}
+
+
+def _check(config, statuses):
     import asyncio
 
     from adaras_vllm.server.app import check_engine_steers
-    from adaras_vllm.server.steering_fields import SteeringPolicy
 
-    policy = SteeringPolicy([NeuronMap.load(ORGANISM_MAP)], max_alpha=8.0)
-    ok = {"installed": True, "layers": [0, 1], "tracked_requests": 0}
-    assert asyncio.run(check_engine_steers(_EngineReporting([ok, ok]), policy)) == [0, 1]
-    missing = {"installed": False, "layers": [], "tracked_requests": 0}
-    with pytest.raises(ServeConfigError, match=r"rank\(s\) \[1\] report no steering installed"):
-        asyncio.run(check_engine_steers(_EngineReporting([ok, missing]), policy))
+    return asyncio.run(check_engine_steers(_EngineReporting(statuses), config))
+
+
+def test_serving_starts_when_every_worker_steers_with_the_front_ends_configuration():
+    config = _organism_config()
+    assert _check(config, [_status(config), _status(config, rank=1)]) == [0, 1]
+
+
+def test_serving_is_refused_when_a_worker_reports_no_steering_naming_rank_and_node():
+    config = _organism_config()
+    bare = {"installed": False, "layers": [], "rank": 1, "dp_rank": 1, "node": "node-b"}
+    with pytest.raises(ServeConfigError, match="worker rank 1 of DP rank 1 on node node-b "
+                                               "has no steering installed"):
+        _check(config, [_status(config), bare])
+
+
+def test_serving_is_refused_when_a_worker_loaded_another_map_naming_the_file():
+    config = _organism_config()
+    other = _status(config, rank=1, node="node-b", config="0" * 16,
+                    map_fingerprints={"arith": "f" * 16})
+    with pytest.raises(ServeConfigError, match=rf"rank 1 .* node-b steers with another "
+                                               rf"configuration; maps that differ: arith "
+                                               rf"\({ORGANISM_MAP}\): f{{16}}"):
+        _check(config, [_status(config), other])
+
+
+def test_a_worker_with_other_defaults_is_refused_naming_the_field():
+    config = _organism_config()
+    theirs = {**config.to_dict(), "max_alpha": 2.0}
+    other = _status(config, config="1" * 16, steering_config=theirs)
+    with pytest.raises(ServeConfigError, match=r"max_alpha: 8\.0 here, 2\.0 there"):
+        _check(config, [other])
+
+
+def test_a_pipeline_stage_that_cannot_see_output_may_skip_the_self_test():
+    config = _organism_config()
+    skipped = _status(config, self_test={"ran": False, "skipped": "no output"})
+    assert _check(config, [_status(config), skipped]) == [0, 1]
+
+
+def test_serving_is_refused_when_a_worker_did_not_run_the_self_test():
+    config = _organism_config()
+    with pytest.raises(ServeConfigError, match="did not run the start-up steering self-test"):
+        _check(config, [_status(config, self_test=None)])
 
 
 def test_a_default_adaptive_mode_without_a_gate_on_the_default_map_refuses_to_start(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from adaras_vllm.engine.params import SteeringParamError
+from adaras_vllm.engine.params import SteeringDefaults, SteeringParamError
 from adaras_vllm.engine.registry import MapRegistry
 from adaras_vllm.maps import NeuronMap
 
@@ -16,11 +16,20 @@ def _map(name: str, default_alpha: float) -> NeuronMap:
                                  intermediate_size=8, hidden_size=4, default_alpha=default_alpha)
 
 
+def _registry(**defaults) -> MapRegistry:
+    return MapRegistry([_map("first", 0.3), _map("second", 0.2)], SteeringDefaults(**defaults))
+
+
 @pytest.fixture
-def registry(monkeypatch):
-    monkeypatch.delenv("ADARAS_DEFAULT_STEER_ALPHA", raising=False)
-    monkeypatch.delenv("ADARAS_MAX_STEER_ALPHA", raising=False)
-    return MapRegistry([_map("first", 0.3), _map("second", 0.2)])
+def registry():
+    return _registry()
+
+
+def test_defaults_are_read_from_the_operators_environment(monkeypatch):
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
+    monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "2")
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_MODE", "off")
+    assert SteeringDefaults.from_env() == SteeringDefaults(2.0, None, "off")
 
 
 def test_without_an_operator_default_absent_alpha_means_unsteered(registry):
@@ -28,19 +37,19 @@ def test_without_an_operator_default_absent_alpha_means_unsteered(registry):
     assert (d.alpha, d.map_name, d.mode, d.steered) == (0.0, "first", "always", False)
 
 
-def test_operator_default_map_takes_the_chosen_maps_default_alpha(registry, monkeypatch):
-    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
+def test_operator_default_map_takes_the_chosen_maps_default_alpha():
+    registry = _registry(default_alpha=None)
     assert registry.parse({}).alpha == 0.3
     assert registry.parse({"steer_map": "second"}).alpha == 0.2
 
 
-def test_operator_default_number_overrides_the_maps(registry, monkeypatch):
-    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "0")
+def test_operator_default_number_overrides_the_maps():
+    registry = _registry(default_alpha=0.0)
     assert registry.parse({"steer_map": "second"}).alpha == 0.0
 
 
-def test_an_explicit_alpha_wins_over_every_default(registry, monkeypatch):
-    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
+def test_an_explicit_alpha_wins_over_every_default():
+    registry = _registry(default_alpha=None)
     assert registry.parse({"steer_alpha": -1}).alpha == -1.0
 
 
@@ -63,16 +72,16 @@ def test_mode_off_is_resolved_to_alpha_zero(registry):
     assert (d.alpha, d.steered, d.mode) == (0.0, False, "off")
 
 
-def test_resolved_values_decide_the_same_again(registry, monkeypatch):
+def test_resolved_values_decide_the_same_again():
     """The front end writes its decision into extra_args; engine processes re-read it."""
-    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
+    registry = _registry(default_alpha=None)
     for asked in ({}, {"steer_map": "second"}, {"steer_alpha": 2, "steer_mode": "off"}):
         d = registry.parse(asked)
         assert registry.parse(d.as_extra_args()) == d
 
 
-def test_alpha_beyond_the_operator_bound_is_refused_naming_the_bound(registry, monkeypatch):
-    monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "1")
+def test_alpha_beyond_the_operator_bound_is_refused_naming_the_bound():
+    registry = _registry(max_alpha=1.0)
     with pytest.raises(SteeringParamError, match=r"\[-1, 1\], got 1.5") as e:
         registry.parse({"steer_alpha": 1.5})
     assert e.value.field == "steer_alpha"
@@ -107,33 +116,27 @@ def test_adaptive_mode_on_a_map_without_a_gate_is_refused_naming_steer_mode(regi
     assert e.value.field == "steer_mode"
 
 
-def test_without_the_default_a_request_that_gives_no_alpha_is_unsteered(registry, monkeypatch):
-    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
+def test_without_the_default_a_request_that_gives_no_alpha_is_unsteered():
+    registry = _registry(default_alpha=None)
     assert not registry.parse({}, use_default=False).steered
 
 
-def test_a_map_default_above_the_bound_is_refused_at_start_up(monkeypatch):
-    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "map")
-    monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "1")
-    registry = MapRegistry([_map("strong", 2.0)])
+def test_a_map_default_above_the_bound_is_refused_at_start_up():
+    registry = MapRegistry([_map("strong", 2.0)], SteeringDefaults(1.0, None))
     with pytest.raises(SteeringParamError,
                        match="map 'strong' default_alpha 2 exceeds the bound 1"):
         registry.check_defaults()
 
 
-def test_an_operator_default_above_the_bound_is_refused_at_start_up(monkeypatch):
-    monkeypatch.setenv("ADARAS_DEFAULT_STEER_ALPHA", "3")
-    monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "1")
+def test_an_operator_default_above_the_bound_is_refused_at_start_up():
     with pytest.raises(SteeringParamError, match="the default steer_alpha 3 exceeds"):
-        MapRegistry([_map("m", 0.1)]).check_defaults()
+        MapRegistry([_map("m", 0.1)], SteeringDefaults(1.0, 3.0)).check_defaults()
 
 
 @pytest.fixture
-def gated_registry(monkeypatch):
+def gated_registry():
     from adaras_vllm.maps.gate_file import random_gate
 
-    monkeypatch.delenv("ADARAS_DEFAULT_STEER_ALPHA", raising=False)
-    monkeypatch.delenv("ADARAS_DEFAULT_STEER_MODE", raising=False)
     gate = random_gate(3, 2, num_hidden_layers=2, intermediate_size=8)
     return MapRegistry([_map("first", 0.3), _map("gated", 0.2).with_gate(gate)])
 
@@ -154,16 +157,15 @@ def test_adaptive_with_alpha_zero_has_nothing_to_gate(gated_registry):
     assert d.mode == "adaptive" and not d.gated
 
 
-def test_the_operators_default_mode_applies_when_a_request_gives_none(gated_registry,
-                                                                      monkeypatch):
-    monkeypatch.setenv("ADARAS_DEFAULT_STEER_MODE", "adaptive")
+def test_the_operators_default_mode_applies_when_a_request_gives_none(gated_registry):
+    gated_registry.defaults = SteeringDefaults(default_mode="adaptive")
     assert gated_registry.parse({"steer_map": "gated", "steer_alpha": 1}).gated
     assert gated_registry.parse({"steer_map": "gated", "steer_alpha": 1,
                                  "steer_mode": "always"}).mode == "always"
 
 
-def test_a_default_adaptive_mode_needs_a_gate_on_the_default_map(gated_registry, monkeypatch):
-    monkeypatch.setenv("ADARAS_DEFAULT_STEER_MODE", "adaptive")
+def test_a_default_adaptive_mode_needs_a_gate_on_the_default_map(gated_registry):
+    gated_registry.defaults = SteeringDefaults(default_mode="adaptive")
     with pytest.raises(SteeringParamError, match="default map 'first' has no correctness gate"):
         gated_registry.check_defaults()
 
@@ -174,18 +176,16 @@ def test_a_default_adaptive_mode_needs_a_gate_on_the_default_map(gated_registry,
     ({"steer_mode": "adaptive", "steer_map": "gated"}, False),  # alpha 0: nothing to gate
 ], ids=["adaptive", "always", "adaptive-alpha-0"])
 def test_the_scheduler_keeps_adaptive_requests_off_the_prefix_cache(
-        gated_registry, tmp_path, monkeypatch, extra, skips):
+        gated_registry, monkeypatch, extra, skips):
     """Whatever the front end asked: a process whose plugins loaded before the maps were
     set once sent adaptive requests through the cache, and their gates scored a suffix."""
     from vllm import SamplingParams
     from vllm.v1.request import Request
 
+    from adaras_vllm.engine import registry
     from adaras_vllm.engine.scheduler_trim import keep_gated_off_the_prefix_cache
 
-    for m in gated_registry.maps:
-        m.save(tmp_path / f"{m.name}.safetensors")
-    monkeypatch.setenv("ADARAS_NEURON_MAPS", ",".join(
-        f"{name}={tmp_path / name}.safetensors" for name in ("first", "gated")))
+    monkeypatch.setattr(registry, "_adopted", gated_registry)  # as the engine core adopts
     request = Request("r", [1, 2, 3], SamplingParams(extra_args=extra), None)
     assert request.skip_reading_prefix_cache is False  # as an unpatched front end leaves it
     keep_gated_off_the_prefix_cache(request)

@@ -67,10 +67,9 @@ def test_alpha_that_is_not_a_finite_number_is_refused_naming_the_field(bad):
         parse_steering({"steer_alpha": bad}, MAPS)
 
 
-def test_alpha_beyond_the_operator_bound_is_refused(monkeypatch):
-    monkeypatch.setenv("ADARAS_MAX_STEER_ALPHA", "2")
+def test_alpha_beyond_the_operator_bound_is_refused():
     with pytest.raises(SteeringParamError, match=r"\[-2, 2\], got 2.5"):
-        parse_steering({"steer_alpha": 2.5}, MAPS)
+        parse_steering({"steer_alpha": 2.5}, MAPS, max_alpha=2.0)
 
 
 def test_unknown_map_is_refused_listing_the_loaded_maps():

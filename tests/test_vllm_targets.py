@@ -13,13 +13,14 @@ import types
 import pytest
 
 from adaras_vllm.engine import patches
+from adaras_vllm.engine.adoption import PATCHES as ADOPTION_PATCHES
 from adaras_vllm.engine.patches import Patch, UnsupportedVllmError
 from adaras_vllm.engine.plugin import PLUGIN_PATCHES, steering_patches
 from adaras_vllm.server.upstream_guards import PATCHES as SERVER_PATCHES
 
 from conftest import ENV_VAR, map_spec, tiny_model
 
-ALL_PATCHES = (*PLUGIN_PATCHES, *steering_patches(), *SERVER_PATCHES)
+ALL_PATCHES = (*PLUGIN_PATCHES, *ADOPTION_PATCHES, *steering_patches(), *SERVER_PATCHES)
 
 
 @pytest.mark.parametrize("patch", ALL_PATCHES, ids=lambda p: p.target)

@@ -58,6 +58,10 @@ class CapturedDownProj:
     ``adaras_slot`` the static per-token slot buffer (the last row is the trash row).
     """
 
+    #: Read the activation itself: vLLM must not hand this layer fp8/fp4 data from a
+    #: fused activation+quant kernel (as it does for LoRA's down_proj).
+    requires_unquantized_input = True
+
     adaras_sums: torch.Tensor
     adaras_slot: torch.Tensor
 
@@ -69,6 +73,10 @@ class CapturedDownProj:
 class TokenCapturedDownProj:
     """Mixin: also copy this layer's chosen features of every token into the per-token
     feature buffer (the step's rows are moved to the host before the next step)."""
+
+    #: Read the activation itself: vLLM must not hand this layer fp8/fp4 data from a
+    #: fused activation+quant kernel (as it does for LoRA's down_proj).
+    requires_unquantized_input = True
 
     adaras_tok_idx: torch.Tensor  # int64 [k_l], shard-local neuron indices
     adaras_tok_feat: torch.Tensor  # [max_tokens, k_l] activation dtype

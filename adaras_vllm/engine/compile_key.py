@@ -1,9 +1,10 @@
-"""Make the steering patch part of vLLM's compile-cache key.
+"""Make capture mode part of vLLM's compile-cache key.
 
-vLLM keys its (AOT) compile cache on ``VllmConfig.compute_hash()``, which knows nothing
-of plugins: a graph traced without the steer op (or with other maps' shapes) could be
-loaded and steering silently skipped. With maps loaded, the hash also covers the maps'
-fingerprint and the version of this package; capture mode adds its own factor.
+vLLM keys its (AOT) compile cache on ``VllmConfig.compute_hash()``. Steering needs no
+patch for that: its configuration (maps, fingerprints, op version) travels in
+``additional_config``, which the hash covers. Capture mode is switched on by an
+environment variable, so its op is added to the key here; a graph traced without it is
+never loaded for a capturing engine.
 """
 
 from __future__ import annotations
@@ -13,21 +14,13 @@ import hashlib
 
 from .capture import capture_enabled
 from .patches import Patch
-from .registry import active_registry
 
-_VERSION = "adaras-steering-op/1"
 _CAPTURE_VERSION = "adaras-capture-op/1"
 
 
 def steering_hash_factor() -> str | None:
-    """What the patched graph depends on: the maps, and whether capture mode adds its op."""
-    registry = active_registry()
-    parts = []
-    if registry:
-        parts.append(f"{_VERSION}:{registry.fingerprint()}")
-    if capture_enabled():
-        parts.append(_CAPTURE_VERSION)
-    return "|".join(parts) or None
+    """What a patched graph depends on beyond the engine's config: the capture op."""
+    return _CAPTURE_VERSION if capture_enabled() else None
 
 
 def _with_steering_factor(original):  # noqa: ANN001, ANN202
@@ -44,6 +37,6 @@ def _with_steering_factor(original):  # noqa: ANN001, ANN202
 
 PATCHES = (
     Patch("vllm.config:VllmConfig.compute_hash", params=("self",), wrap=_with_steering_factor,
-          why="the compile-cache key covers the maps",
+          why="the compile-cache key covers capture mode's op",
           until="vLLM keys its compile cache on plugin-provided factors"),
 )

@@ -26,10 +26,9 @@ from .params import (
     merge_request_fields,
 )
 from .patches import Patch
-from .registry import MapRegistry, active_registry
+from .registry import MapRegistry, front_end_registry
 from .resolved import GATE_KEY
 from .request_context import HTTP_STEERING, IN_BEAM_SEARCH, HttpSteering
-from .support import check_supported
 
 logger = logging.getLogger("vllm.adaras")
 
@@ -102,30 +101,12 @@ def _resolve_into(params: Any, decision: SteeringParams, *, key: str | None = No
         params.skip_reading_prefix_cache = True
 
 
-def _refusing_unfit_maps(original_init):  # noqa: ANN001, ANN202
-    @functools.wraps(original_init)
-    def __init__(self, vllm_config, *args, **kwargs):  # noqa: ANN001, ANN202
-        # Refuse maps that do not fit the served model in the front end too, so the
-        # user sees the mismatch itself rather than a failed engine start.
-        registry = active_registry()
-        for m in registry.maps:
-            m.validate(vllm_config.model_config.hf_text_config)
-            warning = m.model_mismatch(vllm_config.model_config.model)
-            if warning:
-                logger.warning("adaras: %s", warning)
-        if registry:
-            check_supported(vllm_config, gated=bool(registry.gated_names))
-        original_init(self, vllm_config, *args, **kwargs)
-
-    return __init__
-
-
 def _deciding_in_process_inputs(original_process):  # noqa: ANN001, ANN202
     from vllm.sampling_params import SamplingParams
 
     @functools.wraps(original_process)
     def process_inputs(self, request_id, prompt, params, *args, **kwargs):  # noqa: ANN001, ANN202
-        registry = active_registry()
+        registry = front_end_registry(self)
         if not registry or not isinstance(params, SamplingParams):
             return original_process(self, request_id, prompt, params, *args, **kwargs)
         # Called by add_request with params it already resolved, or directly (offline).
@@ -147,7 +128,7 @@ def _deciding_in_the_callers_task(original_add):  # noqa: ANN001, ANN202
     async def add_request(self, request_id, prompt, params, *args, **kwargs):  # noqa: ANN001, ANN202
         # The caller's task: the HTTP fields are visible here (not in process_inputs,
         # which may run on the renderer's thread pool), so resolve now, into a copy.
-        registry = active_registry()
+        registry = front_end_registry(self.input_processor)
         if registry and isinstance(params, SamplingParams):
             http = HTTP_STEERING.get()
             core_request = isinstance(prompt, EngineCoreRequest)
@@ -179,7 +160,7 @@ def _deciding_for_ready_requests(original_engine_add):  # noqa: ANN001, ANN202
     def add_request(self, request_id, prompt, params, *args, **kwargs):  # noqa: ANN001, ANN202
         # Offline: a raw prompt goes through process_inputs; a ready EngineCoreRequest
         # does not, so decide for it here.
-        registry = active_registry()
+        registry = front_end_registry(self.input_processor)
         if (registry and isinstance(prompt, EngineCoreRequest)
                 and prompt.sampling_params is not None):
             decision = decide(registry, prompt.sampling_params.extra_args, None)
@@ -221,10 +202,6 @@ _DECIDE_UNTIL = "vLLM validates extra_args through a plugin hook with the reques
 _BEAM_WHY = "beam search re-submits beams as fresh prompts steering cannot follow: mark them"
 _REQUEST = ("self", "request_id", "prompt", "params")
 PATCHES = (
-    Patch("vllm.v1.engine.input_processor:InputProcessor.__init__",
-          params=("self", "vllm_config"), wrap=_refusing_unfit_maps,
-          why="refuse maps that do not fit the served model, in the front end",
-          until="vLLM validates plugin configuration against the model"),
     Patch("vllm.v1.engine.input_processor:InputProcessor.process_inputs", params=_REQUEST,
           wrap=_deciding_in_process_inputs,
           why="decide each request's steering once, offline and under vllm serve",

@@ -64,6 +64,10 @@ class GatedDownProj:
     """Mixin in front of a ``down_proj``: copy this layer's gate features of its input,
     and after the last gate layer pool the step's tokens into their requests' slots."""
 
+    #: Read the activation itself: vLLM must not hand this layer fp8/fp4 data from a
+    #: fused activation+quant kernel (as it does for LoRA's down_proj).
+    requires_unquantized_input = True
+
     adaras_gate_idx: torch.Tensor  # int64 [k_l], shard-local neuron indices
     adaras_gate_feat: torch.Tensor  # [max_tokens, k_l] activation dtype
     adaras_gate_cols: torch.Tensor  # [max_tokens, k_l] f32 view into the shared features

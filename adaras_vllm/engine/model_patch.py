@@ -22,6 +22,10 @@ class SteeredDownProj:
     into a graph input read by reference at every call (never a constant baked in).
     """
 
+    #: Read the activation itself: vLLM must not hand this layer fp8/fp4 data from a
+    #: fused activation+quant kernel (as it does for LoRA's down_proj).
+    requires_unquantized_input = True
+
     adaras_delta: torch.Tensor
     adaras_indices: torch.Tensor
     adaras_scratch: torch.Tensor | None  # CPU: gather-add-scatter buffer (see steer_)

@@ -77,9 +77,26 @@ def is_steering_key(key: object) -> bool:
     return folded.startswith("steer_") or folded in _LOOKALIKES
 
 
-def max_steer_alpha() -> float:
+@dataclass(frozen=True)
+class SteeringDefaults:
+    """The operator's bound and defaults: ``default_alpha`` None means "the chosen map's
+    own ``default_alpha``"; 0 (plain vLLM with the plugin) steers only when asked."""
+
+    max_alpha: float = DEFAULT_MAX_STEER_ALPHA
+    default_alpha: float | None = 0.0
+    default_mode: str = "always"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SteeringDefaults:
+        """From ``ADARAS_MAX_STEER_ALPHA``, ``ADARAS_DEFAULT_STEER_ALPHA`` and
+        ``ADARAS_DEFAULT_STEER_MODE`` (how plain ``vllm serve`` users set them)."""
+        env = os.environ if environ is None else environ
+        return cls(max_steer_alpha(env), default_steer_alpha(env), default_steer_mode(env))
+
+
+def max_steer_alpha(environ: Mapping[str, str] | None = None) -> float:
     """The operator's bound on |steer_alpha| (env ``ADARAS_MAX_STEER_ALPHA``)."""
-    raw = os.environ.get(MAX_ALPHA_ENV, "")
+    raw = (os.environ if environ is None else environ).get(MAX_ALPHA_ENV, "")
     if not raw:
         return DEFAULT_MAX_STEER_ALPHA
     value = float_or_nan(raw)
@@ -90,10 +107,10 @@ def max_steer_alpha() -> float:
     return value
 
 
-def default_steer_alpha() -> float | None:
+def default_steer_alpha(environ: Mapping[str, str] | None = None) -> float | None:
     """The operator's default alpha (env ``ADARAS_DEFAULT_STEER_ALPHA``): a number, or
     None meaning "the chosen map's own ``default_alpha``"."""
-    raw = os.environ.get(DEFAULT_ALPHA_ENV, "").strip()
+    raw = (os.environ if environ is None else environ).get(DEFAULT_ALPHA_ENV, "").strip()
     if not raw:
         return 0.0
     if raw == "map":
@@ -106,9 +123,9 @@ def default_steer_alpha() -> float | None:
     return value
 
 
-def default_steer_mode() -> str:
+def default_steer_mode(environ: Mapping[str, str] | None = None) -> str:
     """The operator's default mode (env ``ADARAS_DEFAULT_STEER_MODE``)."""
-    raw = os.environ.get(DEFAULT_MODE_ENV, "").strip()
+    raw = (os.environ if environ is None else environ).get(DEFAULT_MODE_ENV, "").strip()
     if not raw:
         return "always"
     if raw not in MODES:
@@ -163,7 +180,7 @@ def parse_steering(
             f"known fields are {', '.join(KNOWN_KEYS)}",
             field=unknown[0][:_FIELD_CHARS],
         )
-    bound = max_steer_alpha() if max_alpha is None else max_alpha
+    bound = DEFAULT_MAX_STEER_ALPHA if max_alpha is None else max_alpha
 
     map_name = args.get(STEER_MAP, map_names[0])
     if not isinstance(map_name, str) or map_name not in map_names:

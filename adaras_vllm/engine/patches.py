@@ -13,8 +13,11 @@ that each target exists in the installed vLLM with the parameters below):
 | target | why | can go when upstream |
 |---|---|---|
 | ``vllm.plugins:load_general_plugins`` | maps set after a process loaded its plugins still install at the next engine | calls general plugins per engine, or has a per-engine plugin hook |
-| ``vllm.config:VllmConfig.compute_hash`` | the compile-cache key covers the maps (a graph without the steer op is never reused) | keys the cache on plugin-provided factors |
-| ``vllm.v1.engine.input_processor:InputProcessor.__init__`` | refuse maps that do not fit the served model, in the front end | has a hook to validate plugin config against the model |
+| ``vllm.engine.arg_utils:EngineArgs.create_engine_config`` | (every process) maps the environment names are written into ``additional_config["adaras"]``, which travels to every process; a headless launcher checks its files | lets plugins contribute to ``additional_config`` |
+| ``vllm.v1.engine.input_processor:InputProcessor.__init__`` | (every process) each engine's front end decides with its own maps (kept on its input processor), refused if they do not fit the model | validates plugin configuration against the model |
+| ``vllm.v1.core.sched.scheduler:Scheduler.__init__`` | (every process) the engine core adopts, loads and checks the maps its config names | gives plugins a hook where a process receives its ``VllmConfig`` |
+| ``vllm.v1.worker.worker_base:WorkerBase.__init__`` | (every process) each worker adopts, loads and checks the maps its config names | same |
+| ``vllm.config:VllmConfig.compute_hash`` | the compile-cache key covers capture mode's op (maps are covered through ``additional_config``) | keys the cache on plugin-provided factors |
 | ``vllm.v1.engine.input_processor:InputProcessor.process_inputs`` | decide each request's steering once (offline and ``vllm serve``) | validates ``extra_args`` through a plugin hook |
 | ``vllm.v1.engine.async_llm:AsyncLLM.add_request`` | decide in the caller's task, where the HTTP fields are visible | passes request context to the input processor |
 | ``vllm.v1.engine.llm_engine:LLMEngine.add_request`` | decide for a ready ``EngineCoreRequest`` offline | same |
@@ -35,6 +38,8 @@ that each target exists in the installed vLLM with the parameters below):
 | ``vllm.v1.worker.gpu.model_runner:GPUModelRunner._remove_request`` | drop finished requests' steering (V2) | has a per-step metadata hook |
 | ``vllm.v1.worker.gpu.model_runner:GPUModelRunner.prepare_inputs`` | fill the step's buffers where the layout is final (V2) | same |
 | ``vllm.v1.worker.gpu.model_runner:GPUModelRunner._dummy_run`` | dummy runs read zeroed buffers (V2) | same |
+| ``vllm.v1.worker.gpu_worker:Worker._maybe_activate_jit_monitor`` | the start-up self-test, after graphs are captured and before JIT compiles are flagged: steering must change this rank's forward | has a post-warm-up worker hook |
+| ``vllm.v1.worker.cpu_worker:CPUWorker.compile_or_warm_up_model`` | same, on the CPU worker (its warm-up does not reach the JIT monitor) | same |
 | ``vllm.v1.worker.worker_base:WorkerBase.adaras_capture_fetch`` | (added) capture results by RPC | offers plugin worker extensions by default |
 | ``vllm.v1.worker.worker_base:WorkerBase.adaras_steering_status`` | (added) what each worker steers, for start-up checks | same |
 | ``vllm.v1.worker.worker_base:WorkerBase.adaras_gate_results`` | (added) gate decisions by RPC | same |

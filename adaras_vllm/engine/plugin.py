@@ -1,18 +1,18 @@
 """The ``vllm.general_plugins`` entry point, and the explicit install ``adaras serve`` uses.
 
-vLLM calls ``register`` in every process it starts (front end, model inspection, engine
-core, workers), once per process, whatever the maps: with none configured it changes
-nothing. A launcher that learns the maps only after vLLM has loaded its plugins (``adaras
-serve`` parses vLLM's arguments first) calls ``register`` again itself once the maps are
-in the environment; processes it then forks inherit the patched classes, and spawned ones
-run the entry point with the maps already set. Idempotent.
+vLLM calls ``register`` in every process it starts (front end, engine cores, workers, API
+server processes, Ray actors). In each it installs the few patches that watch for an
+engine configuration (``adoption``): the process then steers exactly as the
+``additional_config["adaras"]`` of the ``VllmConfig`` it is given says, whatever its own
+environment holds, and installs the steering patches the first time a configuration
+carries maps. Without maps nothing else changes. A front end whose environment names maps
+(``ADARAS_NEURON_MAPS``) installs steering at once and writes the maps into the
+configuration of the engine it builds.
 
-A process may also load vLLM's plugins before any maps are set and configure them later
-(a notebook that built one plain engine first; a test session). vLLM never calls the
-entry point twice, so ``register`` also wraps ``vllm.plugins.load_general_plugins``,
-which vLLM calls again each time engine arguments are built: the next engine of the
-process then installs steering. Without maps the wrapper checks one environment
-variable and changes nothing.
+vLLM calls the entry point once per process; ``register`` also wraps
+``vllm.plugins.load_general_plugins``, which vLLM calls again each time engine arguments
+are built, so maps set after a process first loaded its plugins still count at its next
+engine. Idempotent.
 """
 
 from __future__ import annotations
@@ -24,45 +24,55 @@ from collections.abc import Callable
 
 from .capture import capture_enabled
 from .patches import Patch, apply, check_vllm_version
-from .registry import active_registry, steering_enabled
+from .registry import steering_enabled
 
 logger = logging.getLogger("vllm.adaras")
-_registered = False
+_watching = False
+_installed = False
 
 
 def steering_patches() -> tuple[Patch, ...]:
-    """Every patch a process with maps (or capture mode) needs, in the order applied."""
+    """Every patch a process that steers (or captures) needs, in the order applied."""
     from . import compile_key, frontend, prefix_cache, runner_v1, runner_v2, scheduler_trim
-    from . import worker_rpcs
+    from . import self_test, worker_rpcs
 
     return (*compile_key.PATCHES, *frontend.PATCHES, *prefix_cache.PATCHES,
             *scheduler_trim.PATCHES, *runner_v1.PATCHES, *runner_v2.PATCHES,
-            *worker_rpcs.PATCHES)
+            *worker_rpcs.PATCHES, *self_test.PATCHES)
 
 
 def register() -> None:
-    global _registered
-    if _registered:
+    """The entry point: watch for engine configurations that carry steering (always), and
+    install steering now when the environment names maps or capture mode. Idempotent."""
+    global _watching
+    if not _watching:
+        if steering_enabled():
+            check_vllm_version()  # before anything else: one sentence on another vLLM
+        if not _watch_for_engines():
+            return
+        _watching = True
+    if steering_enabled() or capture_enabled():
+        install_steering()
+
+
+def install_steering() -> None:
+    """Apply the steering patches in this process (once). Maps come with each engine's
+    configuration (``adoption``); nothing here depends on which."""
+    global _installed
+    if _installed:
         return
-    if not (steering_enabled() or capture_enabled()):
-        _register_again_when_engines_start()
-        return
-    check_vllm_version()  # before loading anything: one sentence on another vLLM
-    registry = active_registry()  # load (and check) the maps now: a bad path fails at start-up
-    registry.check_defaults()
+    check_vllm_version()
     apply(steering_patches())
-    _registered = True
+    _installed = True
     logger.info(
-        "adaras: steering installed in process %d (maps: %s; front-end decision, prefix-cache "
-        "keys, scheduler trim for adaptive, model runners); layers are patched when a worker "
-        "loads the model",
-        os.getpid(), ", ".join(registry.names) or "none (capture mode)",
-    )
+        "adaras: steering installed in process %d (front-end decision, prefix-cache keys, "
+        "scheduler trim for adaptive, model runners, start-up self-test); maps come with "
+        "each engine's configuration", os.getpid())
 
 
 def installed() -> bool:
     """Whether this process has the steering patches (for start-up checks and tests)."""
-    return _registered
+    return _installed
 
 
 def _registering_again(load_general_plugins: Callable[[], None]) -> Callable[[], None]:
@@ -81,12 +91,15 @@ PLUGIN_PATCHES = (
 )
 
 
-def _register_again_when_engines_start() -> None:
-    """Make vLLM's later ``load_general_plugins()`` calls (one per engine's arguments, which
-    import it when called) run ``register`` again, so maps configured after the plugins
-    were first loaded still install steering in this process. On a vLLM these patches do
-    not fit, a process without maps keeps plain vLLM and says so once."""
+def _watch_for_engines() -> bool:
+    """Patches every process gets, maps or not: adopt each engine's steering from its
+    configuration, and register again when vLLM loads plugins for a later engine. On a
+    vLLM these do not fit, a process without maps keeps plain vLLM and says so once."""
+    from . import adoption, worker_rpcs
+
     try:
-        apply(PLUGIN_PATCHES)
+        apply((*PLUGIN_PATCHES, *adoption.PATCHES, *worker_rpcs.STATUS_PATCHES))
     except RuntimeError as e:
         logger.warning("adaras: steering is unavailable in this process: %s", e)
+        return False
+    return True

@@ -1,8 +1,10 @@
-"""The neuron maps this process serves, loaded once from ``ADARAS_NEURON_MAPS``.
+"""The neuron maps one process serves, with the operator's bound and defaults.
 
-Every vLLM process (front end, engine core, each worker) runs the plugin, so each loads
-the same maps from the same environment variable; the first map is the default.
-Format: comma-separated ``name=path`` or bare ``path`` (named by the map's metadata).
+A process adopts its registry from its engine's configuration (``steering_config``): the
+front end when it builds the engine's ``VllmConfig``, the engine core and every worker
+when they receive it (``adoption``). Until a process has adopted one (a front end that
+has built no engine yet), the maps named by ``ADARAS_NEURON_MAPS`` stand in; the first
+map is the default.
 """
 
 from __future__ import annotations
@@ -12,35 +14,35 @@ import os
 from functools import lru_cache
 
 from adaras_vllm.maps import NeuronMap
-from adaras_vllm.maps.shipped import resolve_map_path
 
 from .params import (
+    SteeringDefaults,
     SteeringParamError,
     SteeringParams,
-    default_steer_alpha,
-    default_steer_mode,
-    max_steer_alpha,
     merge_request_fields,
     parse_steering,
 )
+from .steering_config import MAPS_ENV, SteeringConfig
 
-ENV_VAR = "ADARAS_NEURON_MAPS"
+ENV_VAR = MAPS_ENV
 
 
 class MapRegistry:
     """Loaded maps by name, in a fixed order: a request's map id is its position here."""
 
-    def __init__(self, maps: list[NeuronMap]) -> None:
+    def __init__(self, maps: list[NeuronMap], defaults: SteeringDefaults | None = None,
+                 config: SteeringConfig | None = None) -> None:
         names = [m.name for m in maps]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"neuron map name(s) {', '.join(dup)} given more than once")
         self.maps = list(maps)
         self.names = names
+        self.defaults = defaults or (config.defaults if config else SteeringDefaults())
+        self.config = config
         self._ids = {n: i for i, n in enumerate(names)}
         self._fingerprints = {m.name: m.fingerprint() for m in maps}
         self.gated_names = [m.name for m in maps if m.gate is not None]
-
     def __len__(self) -> int:
         return len(self.maps)
 
@@ -60,22 +62,22 @@ class MapRegistry:
         """Decide one request's steering: its ``extra_args`` (and top-level request
         ``fields``, if any) against the loaded maps and the operator's bound and default
         alpha (``use_default=False``: a request that gives no alpha is unsteered)."""
-        default = default_steer_alpha() if use_default else 0.0
+        default = self.defaults.default_alpha if use_default else 0.0
         return parse_steering(
             merge_request_fields(extra_args, fields),
             self.names,
-            max_alpha=max_steer_alpha(),
+            max_alpha=self.defaults.max_alpha,
             default_alpha=(lambda name: self.get(name).default_alpha) if default is None
             else default,
             gated_maps=self.gated_names,
-            default_mode=default_steer_mode(),
+            default_mode=self.defaults.default_mode,
         )
 
     def check_defaults(self) -> None:
         """Refuse to start when a default would fail every request that gives none."""
-        bound = max_steer_alpha()
-        default = default_steer_alpha()
-        if default_steer_mode() == "adaptive" and self.maps[0].gate is None:
+        bound = self.defaults.max_alpha
+        default = self.defaults.default_alpha
+        if self.defaults.default_mode == "adaptive" and self.maps[0].gate is None:
             raise SteeringParamError(
                 f"the default steer_mode is 'adaptive' but the default map "
                 f"{self.maps[0].name!r} has no correctness gate; train one (adaras gate "
@@ -99,35 +101,54 @@ class MapRegistry:
         return h.hexdigest()[:16]
 
     @classmethod
-    def from_spec(cls, spec: str) -> "MapRegistry":
+    def from_spec(cls, spec: str, defaults: SteeringDefaults | None = None) -> MapRegistry:
         """Parse ``name=path,path2`` and load each map (errors name the entry). A bare
         name that is not a file (``aime``) is a map shipped in ``neuron_maps/``."""
-        maps: list[NeuronMap] = []
-        for entry in (e.strip() for e in spec.split(",")):
-            if not entry:
-                continue
-            name, sep, path = entry.partition("=")
-            if not sep:
-                name, path = "", entry
-            try:
-                p = resolve_map_path(path)
-            except FileNotFoundError as e:
-                raise FileNotFoundError(f"{e} (entry {entry!r})") from None
-            m = NeuronMap.load(p)
-            if name:
-                m = m.renamed(name)
-            maps.append(m)
-        return cls(maps)
+        config, maps = SteeringConfig.from_spec(spec, defaults)
+        return cls(maps, config=config)
+
+    @classmethod
+    def from_config(cls, config: SteeringConfig, where: str) -> MapRegistry:
+        """The maps an engine's configuration names, each checked against its fingerprint."""
+        return cls(config.load_maps(where), config=config)
+
+
+_adopted: MapRegistry | None = None
+#: The front end's registry of one engine, kept on its ``InputProcessor``: a process may
+#: hold several engines' front ends, each deciding with its own maps.
+FRONT_END_ATTR = "_adaras_registry"
+
+
+def adopt_registry(registry: MapRegistry) -> None:
+    """From now on this process steers with ``registry`` (its engine's configuration)."""
+    global _adopted
+    _adopted = registry
+
+
+def front_end_registry(input_processor: object) -> MapRegistry:
+    """The maps one engine's front end decides with (none: an engine built without the
+    plugin's watch, which then steers nothing)."""
+    registry = getattr(input_processor, FRONT_END_ATTR, None)
+    return registry if registry is not None else _EMPTY
+
+
+_EMPTY = MapRegistry([])
 
 
 @lru_cache(maxsize=None)
-def _load(spec: str) -> MapRegistry:
-    return MapRegistry.from_spec(spec)
+def _from_env(spec: str, defaults: SteeringDefaults) -> MapRegistry:
+    return MapRegistry.from_spec(spec, defaults)
+
+
+def env_registry() -> MapRegistry:
+    """The maps and defaults ``ADARAS_*`` variables name (cached per value)."""
+    return _from_env(os.environ.get(ENV_VAR, ""), SteeringDefaults.from_env())
 
 
 def active_registry() -> MapRegistry:
-    """The maps named by the environment of this process (cached per spec)."""
-    return _load(os.environ.get(ENV_VAR, ""))
+    """What this process steers with: its engine's configuration once adopted, else (a
+    front end before its first engine) the maps the environment names."""
+    return _adopted if _adopted is not None else env_registry()
 
 
 def steering_enabled() -> bool:

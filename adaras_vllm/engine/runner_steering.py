@@ -44,6 +44,8 @@ class RunnerSteering:
         self.gate = gate
         self._records: dict[str, ResolvedSteering] = {}
         self._missing_logged: set[str] = set()
+        self.self_testing = False  # the start-up self-test fills the buffers itself
+        self.self_test: dict[str, Any] | None = None  # its report
 
     def remember(self, req_id: str, sampling_params: Any) -> ResolvedSteering:
         """Read a request's resolved steering once (the front end decided it)."""
@@ -203,7 +205,7 @@ def _attach_all(runner: Any, _loaded: Any, *args: Any, **kwargs: Any) -> None:
 def _clear_all(runner: Any, *args: Any, **kwargs: Any) -> None:
     """Dummy runs call the model directly: make sure nothing is steered or captured then."""
     steering = steering_of(runner)
-    if steering is not None:
+    if steering is not None and not steering.self_testing:
         steering.clear()
     capture = capture_of(runner)
     if capture is not None:

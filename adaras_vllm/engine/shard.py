@@ -22,12 +22,25 @@ _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)$")
 
 
 def find_mlps(model: nn.Module) -> tuple[dict[int, nn.Module], dict[int, nn.Module]]:
-    """``layers.N.mlp`` and ``layers.N.mlp.down_proj`` modules by layer index."""
+    """``layers.N.mlp`` and ``layers.N.mlp.down_proj`` modules by layer index.
+
+    ``ValueError`` when two ``down_proj`` share a layer index (a vision tower's
+    ``layers.N.mlp.down_proj`` beside the language model's): steering would land on one
+    of them silently."""
     mlps: dict[int, nn.Module] = {}
     downs: dict[int, nn.Module] = {}
+    down_names: dict[int, str] = {}
     for name, mod in model.named_modules():
         if (m := _DOWN_PROJ.search(name)) is not None:
-            downs[int(m.group(1))] = mod
+            layer = int(m.group(1))
+            if layer in down_names:
+                raise ValueError(
+                    f"two modules are layer {layer}'s down_proj: {down_names[layer]!r} and "
+                    f"{name!r}; steering cannot tell which one a map means (a model with "
+                    "another tower of layers.N.mlp.down_proj is not supported)"
+                )
+            down_names[layer] = name
+            downs[layer] = mod
         elif (m := _MLP.search(name)) is not None:
             mlps[int(m.group(1))] = mod
     return mlps, downs

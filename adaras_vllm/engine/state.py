@@ -128,6 +128,17 @@ class SteeringState:
         self._publish(used)
         self._dirty = total
 
+    def fill_tokens(self, alpha: float, map_id: int, n: int) -> None:
+        """Steer the first ``n`` token rows with one map and alpha, whatever their
+        positions (the start-up self-test's dummy runs have no requests)."""
+        self.alpha[:n].fill_(alpha)
+        self.map_id[:n].fill_(map_id)
+        used = max(n, self._dirty)
+        self.alpha[n:used].zero_()
+        self.map_id[n:used].zero_()
+        self._publish(used)
+        self._dirty = n
+
     def clear(self) -> None:
         """Zero whatever the last fill wrote (a no-op when already zero)."""
         if self._dirty == 0:
