@@ -35,7 +35,7 @@ demo: install
 	$(VENV)/bin/adaras demo
 
 # Everything, including the real-engine tests, in two workers (a test file at a time;
-# about 15 minutes on 2 CPU cores). TEST_WORKERS=0 runs them in this process.
+# about 20 minutes on 2 CPU cores). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: install
 	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

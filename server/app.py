@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from adaras_vllm.engine.params import MODES, SteeringDefaults, SteeringParamError
+from adaras_vllm.engine.params import MODES, POSITIONS, SteeringDefaults, SteeringParamError
 from adaras_vllm.engine.registry import ENV_VAR, MapRegistry, front_end_registry
 from adaras_vllm.engine.steering_config import KEY, SteeringConfig
 
@@ -77,6 +77,9 @@ def build_parser():  # noqa: ANN201 - vLLM's FlexibleArgumentParser
     group.add_argument("--default-steer-mode", choices=MODES, default="always",
                        help="steer_mode for requests that give none; 'adaptive' needs a "
                        "correctness gate in the default map (default: %(default)s)")
+    group.add_argument("--default-steer-positions", choices=POSITIONS, default=None,
+                       help="steer_positions for requests that give none (default: the "
+                       "chosen map's default_positions, else from_last_prompt)")
     group.add_argument("--max-steer-alpha", type=float, default=DEFAULT_MAX_STEER_ALPHA,
                        metavar="M", help="refuse |steer_alpha| > M (default: %(default)s)")
     from adaras_vllm.organism.assets import DEFAULT_ORGANISM, ORGANISMS
@@ -184,7 +187,7 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
                          f"got {args.max_request_body_bytes}")
     spec = ",".join(map_specs)
     defaults = SteeringDefaults(args.max_steer_alpha, args.default_steer_alpha,
-                                args.default_steer_mode)
+                                args.default_steer_mode, args.default_steer_positions)
     try:
         config, maps = SteeringConfig.from_spec(spec, defaults)
         registry = MapRegistry(maps, config=config)

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from adaras_vllm.engine.params import MODES
+from adaras_vllm.engine.params import MODES, POSITIONS
 
 from .steering_fields import SteeringPolicy
 
@@ -20,7 +20,7 @@ REF_PREFIX = "#/components/schemas/"
 
 
 def steering_request_properties(policy: SteeringPolicy) -> dict[str, Any]:
-    """The three fields, each also ``null`` (= absent), as pydantic writes ``Optional``."""
+    """The four fields, each also ``null`` (= absent), as pydantic writes ``Optional``."""
     bound = policy.max_alpha
     fields = {
         "steer_alpha": {
@@ -41,6 +41,14 @@ def steering_request_properties(policy: SteeringPolicy) -> dict[str, Any]:
                            + (", ".join(n for n in policy.map_names if policy.gate_of(n))
                               or "none") + ").",
         },
+        "steer_positions": {
+            "type": "string", "enum": list(POSITIONS),
+            "description": "Which positions are steered (prompt length P): "
+                           "'from_last_prompt' t >= P-1 (the paper's rule), 'last_prompt' "
+                           "t = P-1 only (the decision point), 'generated' t >= P (decode "
+                           "only; the prompt's KV stays shared with unsteered requests). "
+                           "Absent: the server default, else the map's default_positions.",
+        },
     }
     return {
         name: {"anyOf": [schema, {"type": "null"}],
@@ -60,6 +68,7 @@ STEERING_RESPONSE = {
         "alpha": {"type": "number"},
         "applied": {"type": "boolean"},
         "mode": {"type": "string"},
+        "positions": {"type": "string", "enum": list(POSITIONS)},
         "gate_score": {"type": ["number", "null"],
                        "description": "adaptive: the gate's p_good (null if it never decided)"},
         "gate_threshold": {"type": ["number", "null"],

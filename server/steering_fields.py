@@ -1,7 +1,7 @@
 """The operator's steering settings as the HTTP layer shows them, and the audit object.
 
 What a request gets is decided by the engine front end (``adaras_vllm.engine.frontend``)
-from the same settings, which ``adaras serve`` hands it through the environment; this
+from the same settings, which travel in the engine's configuration; this
 module only describes them (``/v1/steering/maps``, the OpenAPI schema) and turns a
 decision into the ``steering`` object of a response.
 """
@@ -22,7 +22,8 @@ def applied_json(decision: SteeringParams,
     ``adaptive`` what the gate decided (``gate``: one result per prompt of the request;
     None where the gate never decided, e.g. the request ended during its prefill)."""
     out: dict[str, Any] = {"map": decision.map_name, "alpha": decision.alpha,
-                           "applied": decision.steered, "mode": decision.mode}
+                           "applied": decision.steered, "mode": decision.mode,
+                           "positions": decision.positions}
     if decision.gated:
         first = (gate or [None])[0]
         out["applied"] = bool(first and first["fired"])

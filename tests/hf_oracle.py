@@ -1,7 +1,9 @@
 """The reference: HF transformers with the paper's forward-pre-hook on ``down_proj``.
 
 The hook adds ``alpha * w`` to the last position of every forward call; under greedy
-``generate`` with a KV cache that is exactly positions ``t >= prompt_len - 1``. fp32.
+``generate`` with a KV cache that is exactly positions ``t >= prompt_len - 1``. For
+``steer_positions`` it skips the decode calls (``last_prompt``: only ``P-1``) or the prompt
+call (``generated``: only ``t >= P``). fp32.
 """
 
 from __future__ import annotations
@@ -24,8 +26,19 @@ def load_hf_model(model_dir: str):
     return model.eval()
 
 
-def _steering_hook(indices: torch.Tensor, weights: torch.Tensor, alpha: float):
+def _steering_hook(indices: torch.Tensor, weights: torch.Tensor, alpha: float,
+                   positions: str = "from_last_prompt"):
+    """The paper's hook; ``positions`` picks its calls: the prompt's (its last position is
+    P-1) and every decode step's (``from_last_prompt``), the prompt's only
+    (``last_prompt``), the decode steps' only (``generated``)."""
+    calls = [0]
+
     def hook(module, args):  # noqa: ANN001, ANN202
+        prompt_call = calls[0] == 0
+        calls[0] += 1
+        if (positions == "last_prompt" and not prompt_call) or (
+                positions == "generated" and prompt_call):
+            return None
         x = args[0].clone()
         x[:, -1, indices] += alpha * weights
         return (x,)
@@ -39,6 +52,7 @@ def hf_steered_generate(
     max_new_tokens: int,
     neuron_map: NeuronMap | None = None,
     alpha: float = 0.0,
+    positions: str = "from_last_prompt",
 ) -> list[int]:
     """Greedy new token ids of the HF model with the paper's steering hooks installed."""
     model = load_hf_model(str(model_dir))
@@ -46,7 +60,8 @@ def hf_steered_generate(
     if neuron_map is not None and alpha != 0.0:
         for layer, (idx, w) in neuron_map.layers.items():
             down = model.model.layers[layer].mlp.down_proj
-            handles.append(down.register_forward_pre_hook(_steering_hook(idx, w, alpha)))
+            handles.append(down.register_forward_pre_hook(
+                _steering_hook(idx, w, alpha, positions)))
     try:
         with torch.no_grad():
             out = model.generate(

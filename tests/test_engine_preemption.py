@@ -43,3 +43,21 @@ def test_preempted_and_recomputed_requests_keep_the_oracles_tokens(small_cache_e
     want = [hf_steered_generate(model_dir, ids, NEW_TOKENS, maps[e["steer_map"]], e["steer_alpha"])
             for ids, e in reqs]
     assert got == want
+
+
+def test_preempted_requests_keep_the_oracles_tokens_for_every_steer_positions_value(
+        small_cache_engine, qwen3_tiny):
+    """Recompute after preemption re-runs positions 0..P-1 and more: each value's rule
+    must still land on the same positions."""
+    model_dir, map_paths = qwen3_tiny
+    m = NeuronMap.load(map_paths["alpha_map"])
+    prompts = encode_prompts(model_dir)
+    values = ["from_last_prompt", "last_prompt", "generated"]
+    reqs = [(prompts[i % 3], {"steer_alpha": -4.0, "steer_positions": values[i % 3]})
+            for i in range(8)]
+    before = _preemptions(small_cache_engine)
+    got = tokens(greedy(small_cache_engine, reqs, max_tokens=NEW_TOKENS))
+    assert _preemptions(small_cache_engine) > before, "the batch was expected to be preempted"
+    want = [hf_steered_generate(model_dir, ids, NEW_TOKENS, m, -4.0, e["steer_positions"])
+            for ids, e in reqs]
+    assert got == want

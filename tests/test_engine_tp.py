@@ -38,3 +38,16 @@ def test_tensor_parallel_engine_matches_the_hf_oracle(tp_engine, qwen3_tiny):
     want = [hf_steered_generate(model_dir, ids, 32, maps[e["steer_map"]], e["steer_alpha"])
             for ids, e in reqs]
     assert got == want
+
+
+def test_tensor_parallel_engine_matches_the_oracle_for_every_steer_positions_value(
+        tp_engine, qwen3_tiny):
+    model_dir, map_paths = qwen3_tiny
+    m = NeuronMap.load(map_paths["alpha_map"])
+    prompts = encode_prompts(model_dir)[:2]
+    reqs = [(ids, {"steer_alpha": -4.0, "steer_positions": p})
+            for p in ("from_last_prompt", "last_prompt", "generated") for ids in prompts]
+    got = tokens(greedy(tp_engine, reqs))
+    want = [hf_steered_generate(model_dir, ids, 32, m, -4.0, e["steer_positions"])
+            for ids, e in reqs]
+    assert got == want

@@ -81,6 +81,26 @@ def test_fired_requests_equal_always_and_unfired_requests_equal_off(engine, gate
     gate_results(engine)  # drop this test's results
 
 
+@pytest.mark.parametrize("positions", ["last_prompt", "generated"])
+def test_adaptive_decides_before_the_first_steered_position_for_every_positions_value(
+        engine, gated_setup, positions):
+    """The gate reads 0..P-2 and decides at P-1, before either value's first steered
+    position: a fired request equals ``always``, an unfired one ``off``, at that value."""
+    _, _, prompts, scores, gate = gated_setup
+    at = {"steer_positions": positions}
+    always = {"steer_alpha": ALPHA, "steer_map": "gated_map", **at}
+    reqs = ([(ids, {**adaptive(f"p{positions}{i}"), **at}) for i, ids in enumerate(prompts)]
+            + [(ids, always) for ids in prompts]
+            + [(ids, {"steer_mode": "off", "steer_map": "gated_map"}) for ids in prompts])
+    out = tokens(greedy(engine, reqs))
+    n = len(prompts)
+    got, on, off = out[:n], out[n:2 * n], out[2 * n:]
+    assert on != off
+    for i in range(n):
+        assert got[i] == (on[i] if scores[i] < gate.threshold else off[i]), (i, scores[i])
+    gate_results(engine)
+
+
 def test_a_mixed_batch_gives_every_request_its_solo_tokens(engine, gated_setup):
     _, _, prompts, _, _ = gated_setup
     kinds = [adaptive("m0"), {"steer_alpha": -1.0, "steer_map": "beta_map"},

@@ -119,7 +119,8 @@ def test_the_maps_default_alpha_applies_on_every_route(server, path, body):
                    json={"model": ORGANISM_SERVED_NAME, "temperature": 0, **body})
     assert r.status_code == 200, r.text
     assert r.json()["steering"] == {"map": ORGANISM_MAP_NAME, "alpha": ORGANISM_DEFAULT_ALPHA,
-                                    "applied": True, "mode": "always"}
+                                    "applied": True, "mode": "always",
+                                    "positions": "from_last_prompt"}
 
 
 def _lm_eval_accuracy(server, tmp_path, problems, alpha: float) -> float:  # noqa: ANN001

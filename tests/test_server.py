@@ -84,7 +84,8 @@ def test_completion_steer_alpha_gives_the_oracles_tokens(client, qwen3_tiny, map
                                                          alpha, map_name):
     r = complete(client, prompts[0], steer_alpha=alpha, steer_map=map_name)
     assert r["choices"][0]["token_ids"] == oracle(qwen3_tiny, maps, prompts[0], alpha, map_name)
-    assert r["steering"] == {"map": map_name, "alpha": alpha, "applied": True, "mode": "always"}
+    assert r["steering"] == {"map": map_name, "alpha": alpha, "applied": True, "mode": "always",
+                             "positions": "from_last_prompt"}
 
 
 def test_chat_steer_alpha_gives_the_oracles_tokens(client, qwen3_tiny, maps):
@@ -106,7 +107,8 @@ def test_alpha_zero_equals_sending_no_steering_field(client, prompts):
     none = complete(client, prompts[1])
     assert zero["choices"][0]["token_ids"] == none["choices"][0]["token_ids"]
     assert zero["steering"] == none["steering"] == {
-        "map": "alpha_map", "alpha": 0.0, "applied": False, "mode": "always"}
+        "map": "alpha_map", "alpha": 0.0, "applied": False, "mode": "always",
+        "positions": "from_last_prompt"}
 
 
 def test_steering_changes_the_output(client, prompts):
@@ -148,7 +150,8 @@ def test_streamed_chat_equals_the_unstreamed_one_and_ends_with_what_was_applied(
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole["choices"][0]["message"]["content"]
     assert chunks[-1].model_dump()["steering"] == {
-        "map": "beta_map", "alpha": -1.0, "applied": True, "mode": "always"}
+        "map": "beta_map", "alpha": -1.0, "applied": True, "mode": "always",
+        "positions": "from_last_prompt"}
 
 
 def test_64_concurrent_mixed_requests_each_equal_their_solo_run(server, prompts):
@@ -298,8 +301,10 @@ def test_openapi_documents_the_steering_fields(server):
         assert alpha["maximum"] == 8.0 and null == {"type": "null"}
         assert props["steer_map"]["anyOf"][0]["enum"] == ["alpha_map", "beta_map"]
         assert "always" in props["steer_mode"]["anyOf"][0]["enum"]
+        assert props["steer_positions"]["anyOf"][0]["enum"] == [
+            "from_last_prompt", "last_prompt", "generated"]
     assert set(schema["SteeringApplied"]["properties"]) == {
-        "map", "alpha", "applied", "mode", "gate_score", "gate_threshold"}
+        "map", "alpha", "applied", "mode", "positions", "gate_score", "gate_threshold"}
 
 
 # ---- every route, one decision -------------------------------------------------------
@@ -330,12 +335,30 @@ def test_every_generation_route_refuses_a_bad_alpha(server, path, fields):
     assert r.json()["error"]["param"] == "steer_alpha"
 
 
+@pytest.mark.parametrize("fields", [{"steer_positions": "sometimes"},
+                                    {"vllm_xargs": {"steer_positions": 3}}],
+                         ids=["field", "xargs"])
+@pytest.mark.parametrize("path", list(ROUTE_BODIES))
+def test_every_generation_route_refuses_bad_positions_naming_the_field(server, path, fields):
+    r = _post(server, path, {**ROUTE_BODIES[path], **fields})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "steer_positions"
+    assert "from_last_prompt, last_prompt, generated" in r.json()["error"]["message"]
+
+
+def test_the_steering_object_reports_the_positions_used(server):
+    r = _post(server, "/api/v1/completions", {**ROUTE_BODIES["/api/v1/completions"],
+                                              "steer_alpha": 0.3, "steer_positions": "generated"})
+    assert r.status_code == 200, r.text
+    assert r.json()["steering"]["positions"] == "generated"
+
+
 @pytest.mark.parametrize("path", list(ROUTE_BODIES))
 def test_every_generation_route_reports_the_steering_it_applied(server, path):
     r = _post(server, path, {**ROUTE_BODIES[path], "steer_alpha": 0.3, "steer_map": "beta_map"})
     assert r.status_code == 200, r.text
     assert r.json()["steering"] == {"map": "beta_map", "alpha": 0.3, "applied": True,
-                                    "mode": "always"}
+                                    "mode": "always", "positions": "from_last_prompt"}
 
 
 def test_the_responses_route_steers_like_chat(server):

@@ -190,3 +190,38 @@ def test_the_scheduler_keeps_adaptive_requests_off_the_prefix_cache(
     assert request.skip_reading_prefix_cache is False  # as an unpatched front end leaves it
     keep_gated_off_the_prefix_cache(request)
     assert request.skip_reading_prefix_cache is skips
+
+
+def test_positions_default_to_the_papers_rule():
+    assert _registry().parse({"steer_alpha": 1}).positions == "from_last_prompt"
+
+
+def test_a_maps_default_positions_apply_when_the_request_gives_none(tmp_path):
+    m = NeuronMap.from_layers("late", {0: ([1], [1.0])}, num_hidden_layers=2,
+                              intermediate_size=8, hidden_size=4,
+                              extra_metadata={"default_positions": "generated"})
+    path = tmp_path / "late.safetensors"
+    m.save(path)
+    registry = MapRegistry([NeuronMap.load(path)])
+    assert registry.parse({"steer_alpha": 1}).positions == "generated"
+    assert registry.parse({"steer_alpha": 1, "steer_positions": "last_prompt"}).positions \
+        == "last_prompt"
+    operator = MapRegistry([NeuronMap.load(path)], SteeringDefaults(default_positions="last_prompt"))
+    assert operator.parse({"steer_alpha": 1}).positions == "last_prompt"
+
+
+def test_a_map_with_unknown_default_positions_is_refused():
+    from adaras_vllm.maps.errors import MapFormatError
+
+    with pytest.raises(MapFormatError, match="default_positions is 'sometimes'; expected one "
+                                             "of from_last_prompt, last_prompt, generated"):
+        NeuronMap.from_layers("bad", {0: ([1], [1.0])}, num_hidden_layers=2,
+                              intermediate_size=8, hidden_size=4,
+                              extra_metadata={"default_positions": "sometimes"})
+
+
+@pytest.mark.parametrize("bad", ["decode", 3, None, ["generated"]])
+def test_an_unknown_positions_value_is_refused_naming_the_field(registry, bad):
+    with pytest.raises(SteeringParamError, match="steer_positions must be one of") as e:
+        registry.parse({"steer_alpha": 1, "steer_positions": bad})
+    assert e.value.field == "steer_positions"

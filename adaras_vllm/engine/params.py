@@ -18,10 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from adaras_vllm.maps.map_metadata import DEFAULT_POSITIONS, POSITIONS
+
 STEER_ALPHA = "steer_alpha"
 STEER_MAP = "steer_map"
 STEER_MODE = "steer_mode"
-KNOWN_KEYS = (STEER_ALPHA, STEER_MAP, STEER_MODE)
+STEER_POSITIONS = "steer_positions"
+KNOWN_KEYS = (STEER_ALPHA, STEER_MAP, STEER_MODE, STEER_POSITIONS)
 MODES = ("always", "off", "adaptive")
 
 DEFAULT_MAX_STEER_ALPHA = 8.0
@@ -31,6 +36,8 @@ MAX_ALPHA_ENV = "ADARAS_MAX_STEER_ALPHA"
 DEFAULT_ALPHA_ENV = "ADARAS_DEFAULT_STEER_ALPHA"
 #: Mode for requests that give none (``adaras serve --default-steer-mode``); unset: always.
 DEFAULT_MODE_ENV = "ADARAS_DEFAULT_STEER_MODE"
+#: Positions for requests that give none; unset (or ``map``): the chosen map's own.
+DEFAULT_POSITIONS_ENV = "ADARAS_DEFAULT_STEER_POSITIONS"
 
 
 class SteeringParamError(ValueError):
@@ -49,6 +56,7 @@ class SteeringParams:
     alpha: float
     map_name: str
     mode: str = "always"
+    positions: str = DEFAULT_POSITIONS
 
     @property
     def steered(self) -> bool:
@@ -62,10 +70,15 @@ class SteeringParams:
 
     def as_extra_args(self) -> dict[str, Any]:
         """The resolved keys, as written back into ``SamplingParams.extra_args``."""
-        return {STEER_ALPHA: self.alpha, STEER_MAP: self.map_name, STEER_MODE: self.mode}
+        return {STEER_ALPHA: self.alpha, STEER_MAP: self.map_name, STEER_MODE: self.mode,
+                STEER_POSITIONS: self.positions}
+
+    def first_and_last_steered(self, prompt_len: int) -> tuple[int, int]:
+        """The positions ``[first, last]`` this request steers (``last`` -1: no end)."""
+        return steered_span(self.positions, prompt_len)
 
 
-_LOOKALIKES = ("steeralpha", "steermap", "steermode")
+_LOOKALIKES = ("steeralpha", "steermap", "steermode", "steerpositions")
 
 
 def is_steering_key(key: object) -> bool:
@@ -85,13 +98,16 @@ class SteeringDefaults:
     max_alpha: float = DEFAULT_MAX_STEER_ALPHA
     default_alpha: float | None = 0.0
     default_mode: str = "always"
+    default_positions: str | None = None  # None: the chosen map's own default_positions
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SteeringDefaults:
-        """From ``ADARAS_MAX_STEER_ALPHA``, ``ADARAS_DEFAULT_STEER_ALPHA`` and
-        ``ADARAS_DEFAULT_STEER_MODE`` (how plain ``vllm serve`` users set them)."""
+        """From ``ADARAS_MAX_STEER_ALPHA``, ``ADARAS_DEFAULT_STEER_ALPHA``,
+        ``ADARAS_DEFAULT_STEER_MODE`` and ``ADARAS_DEFAULT_STEER_POSITIONS`` (how plain
+        ``vllm serve`` users set them)."""
         env = os.environ if environ is None else environ
-        return cls(max_steer_alpha(env), default_steer_alpha(env), default_steer_mode(env))
+        return cls(max_steer_alpha(env), default_steer_alpha(env), default_steer_mode(env),
+                   default_steer_positions(env))
 
 
 def max_steer_alpha(environ: Mapping[str, str] | None = None) -> float:
@@ -135,6 +151,38 @@ def default_steer_mode(environ: Mapping[str, str] | None = None) -> str:
     return raw
 
 
+def default_steer_positions(environ: Mapping[str, str] | None = None) -> str | None:
+    """The operator's default positions (env ``ADARAS_DEFAULT_STEER_POSITIONS``); None
+    (unset or ``map``): each map's own ``default_positions``."""
+    raw = (os.environ if environ is None else environ).get(DEFAULT_POSITIONS_ENV, "").strip()
+    if raw in ("", "map"):
+        return None
+    if raw not in POSITIONS:
+        raise SteeringParamError(
+            f"{DEFAULT_POSITIONS_ENV} must be one of {', '.join(POSITIONS)} or 'map', got "
+            f"{raw[:80]!r}"
+        )
+    return raw
+
+
+def steered_span(positions: str, prompt_len: int) -> tuple[int, int]:
+    """``[first, last]`` steered positions of a request with ``prompt_len`` tokens (``last``
+    -1: every later position). The rows the device compares each token's position with."""
+    if positions == "last_prompt":
+        return prompt_len - 1, prompt_len - 1
+    if positions == "generated":
+        return prompt_len, -1
+    return prompt_len - 1, -1
+
+
+def steered_spans(codes: np.ndarray, prompt_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``steered_span`` for a batch: ``codes`` index ``POSITIONS``, one per request."""
+    generated = codes == POSITIONS.index("generated")
+    first = np.where(generated, prompt_len, prompt_len - 1)
+    last = np.where(codes == POSITIONS.index("last_prompt"), prompt_len - 1, -1)
+    return first.astype(np.int64), last.astype(np.int64)
+
+
 def merge_request_fields(
     extra_args: Mapping[str, Any] | None, fields: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -162,6 +210,7 @@ def parse_steering(
     default_alpha: float | Callable[[str], float] = 0.0,
     gated_maps: Sequence[str] = (),
     default_mode: str = "always",
+    default_positions: str | Callable[[str], str] = DEFAULT_POSITIONS,
 ) -> SteeringParams:
     """Parse, bound and resolve the steering keys of one request.
 
@@ -207,15 +256,26 @@ def parse_steering(
             field=STEER_MODE,
             value=mode,
         )
-    if not isinstance(mode, str) or mode not in MODES:
-        raise SteeringParamError(
-            f"{STEER_MODE} must be one of {', '.join(MODES)}, got {_short(mode)}",
-            field=STEER_MODE,
-            value=mode,
-        )
+    _check_one_of(STEER_MODE, mode, MODES)
+    if STEER_POSITIONS in args:
+        positions = args[STEER_POSITIONS]
+        _check_one_of(STEER_POSITIONS, positions, POSITIONS)
+    else:
+        positions = (default_positions(map_name) if callable(default_positions)
+                     else default_positions)
     if mode == "off":
         alpha = 0.0
-    return SteeringParams(alpha=alpha + 0.0, map_name=map_name, mode=mode)  # folds -0.0
+    return SteeringParams(alpha=alpha + 0.0, map_name=map_name, mode=mode,  # folds -0.0
+                          positions=positions)
+
+
+def _check_one_of(field: str, value: Any, allowed: Sequence[str]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise SteeringParamError(
+            f"{field} must be one of {', '.join(allowed)}, got {_short(value)}",
+            field=field,
+            value=value,
+        )
 
 
 def _checked_alpha(raw: Any, bound: float) -> float:

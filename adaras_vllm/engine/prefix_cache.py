@@ -23,7 +23,7 @@ from .resolved import resolved_of
 
 def steering_block_key(
     registry: MapRegistry, request: Any, end_token_idx: int
-) -> tuple[str, str, str, float, int, str] | None:
+) -> tuple[str, str, str, float, int, str, str] | None:
     """The extra hash key for the block ending at ``end_token_idx``, or None.
 
     The key names the prompt length too: which positions are steered depends on it, so
@@ -33,8 +33,11 @@ def steering_block_key(
     if not registry:
         return None
     p = resolved_of(request, registry.names, registry.gated_names)
-    # The block holds positions [start, end); steered ones are t >= P - 1.
-    if not p.steered or end_token_idx < request.num_prompt_tokens:
+    # The block holds positions [start, end); the first steered one changes its own KV and,
+    # through attention, every later position's: key every block from it on. With
+    # ``generated`` the prompt's blocks stay unkeyed, shared with unsteered requests.
+    first, _ = p.first_and_last_steered(int(request.num_prompt_tokens))
+    if not p.steered or end_token_idx <= first:
         return None
     return (
         "adaras",
@@ -43,6 +46,7 @@ def steering_block_key(
         p.alpha,
         int(request.num_prompt_tokens),
         p.mode,  # adaptive: steered or not as its gate decided, never shared with always
+        p.positions,
     )
 
 

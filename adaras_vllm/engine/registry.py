@@ -71,6 +71,8 @@ class MapRegistry:
             else default,
             gated_maps=self.gated_names,
             default_mode=self.defaults.default_mode,
+            default_positions=self.defaults.default_positions
+            or (lambda name: self.get(name).default_positions),
         )
 
     def check_defaults(self) -> None:

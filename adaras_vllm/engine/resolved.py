@@ -5,7 +5,7 @@ writes the result into the request's ``extra_args``. Everything after it (the pr
 key, the scheduler's trim, every worker) reads that record with ``from_extra_args`` and
 never applies a default of its own: so no process can steer a request differently from
 what the front end reported. A key the front end did not write means "not given":
-alpha 0, the default map, mode ``always``.
+alpha 0, the default map, mode ``always``, positions ``from_last_prompt``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .params import MODES, STEER_ALPHA, STEER_MAP, STEER_MODE, SteeringParams, float_or_nan
+from .params import (
+    DEFAULT_POSITIONS,
+    MODES,
+    POSITIONS,
+    STEER_ALPHA,
+    STEER_MAP,
+    STEER_MODE,
+    STEER_POSITIONS,
+    SteeringParams,
+    float_or_nan,
+)
 
 logger = logging.getLogger("vllm.adaras")
 
@@ -48,6 +58,7 @@ class ResolvedSteering(SteeringParams):
         alpha = args.get(STEER_ALPHA, 0.0)
         map_name = args.get(STEER_MAP, map_names[0])
         mode = args.get(STEER_MODE, "always")
+        positions = args.get(STEER_POSITIONS, DEFAULT_POSITIONS)
         problem = None
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
             problem = f"{STEER_ALPHA} {alpha!r:.80} is not a number"
@@ -57,6 +68,8 @@ class ResolvedSteering(SteeringParams):
             problem = f"{STEER_MAP} {map_name!r:.80} is not a loaded map"
         elif mode not in MODES:
             problem = f"{STEER_MODE} {mode!r:.80} is not one of {', '.join(MODES)}"
+        elif positions not in POSITIONS:
+            problem = f"{STEER_POSITIONS} {positions!r:.80} is not one of {', '.join(POSITIONS)}"
         elif mode == "adaptive" and map_name not in gated_maps:
             problem = f"map {map_name!r} has no gate for {STEER_MODE} 'adaptive'"
         if problem is not None:
@@ -65,7 +78,7 @@ class ResolvedSteering(SteeringParams):
             return cls.unsteered(map_names)
         value = 0.0 if mode == "off" else float_or_nan(alpha) + 0.0
         key = args.get(GATE_KEY)
-        return cls(value, map_name, mode, map_id=map_names.index(map_name),
+        return cls(value, map_name, mode, positions, map_id=map_names.index(map_name),
                    gate_key=str(key) if key is not None and mode == "adaptive" and value
                    else None)
 

@@ -18,6 +18,7 @@ import numpy as np
 from .capture import CaptureState, capture_enabled, install_capture
 from .gate_runtime import GateState, install_gate
 from .model_patch import install_steering
+from .params import POSITIONS, steered_spans
 from .registry import MapRegistry, active_registry
 from .resolved import ResolvedSteering
 from .state import SteeringState
@@ -91,8 +92,12 @@ class RunnerSteering:
                 factor = self.gate.on_step(layout, self._gate_key_of, gated, map_id)
             else:
                 self.gate.clear_tokens()
+        first, last = steered_spans(
+            np.fromiter((POSITIONS.index(r.positions) for r in records), np.int64, n),
+            np.asarray(layout.prompt_len, np.int64))
         self.state.fill_requests(alpha, map_id, layout.prompt_len, layout.query_start_loc,
-                                 layout.positions, alpha_factor=factor)
+                                 layout.positions, alpha_factor=factor,
+                                 first_steered=first, last_steered=last)
 
     def _gate_key_of(self, req_id: str) -> str:
         """The tag the front end gave an adaptive request (its id if it has none)."""

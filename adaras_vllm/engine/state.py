@@ -72,14 +72,18 @@ class SteeringState:
         self._gathered = torch.zeros(max_tokens, width, dtype=torch.float32, device=device)
         self._rows = TokenRequestIndex(max_tokens, self.max_reqs, device)
         self._first_steered = torch.zeros(max_tokens, dtype=torch.int64, device=device)
+        self._last_steered = torch.zeros(max_tokens, dtype=torch.int64, device=device)
         self._steered = torch.zeros(max_tokens, dtype=torch.bool, device=device)
+        self._not_after = torch.zeros(max_tokens, dtype=torch.bool, device=device)
         # Per request row, plus one zero row for tokens past the last request (padding).
         rows = self.max_reqs + 1
         self.req_alpha = torch.zeros(rows, dtype=torch.float32, device=device)
         self.req_map_id = torch.zeros(rows, dtype=torch.int64, device=device)
         self.req_first_steered = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.req_last_steered = torch.zeros(rows, dtype=torch.int64, device=device)
         self._host_rows = HostRows({"alpha": self.req_alpha, "map_id": self.req_map_id,
-                                    "first_steered": self.req_first_steered})
+                                    "first_steered": self.req_first_steered,
+                                    "last_steered": self.req_last_steered})
         self._dirty = 0  # leading token rows that may be non-zero
         self.steered_layers: list[int] = []  # set by install_steering, for logs
 
@@ -91,11 +95,16 @@ class SteeringState:
         query_start_loc: torch.Tensor,
         positions: torch.Tensor,
         alpha_factor: torch.Tensor | None = None,
+        first_steered: np.ndarray | None = None,
+        last_steered: np.ndarray | None = None,
     ) -> None:
         """One step: per-request rows from the host; per-token alpha and map id, and the
         deltas, derived on the device from the batch's ``query_start_loc`` (``[R + 1]``)
         and ``positions`` (``[T]``, the tokens this step runs, unpadded).
-        ``alpha_factor`` (``[R]`` on the device): the gate's decision per request row."""
+        ``alpha_factor`` (``[R]`` on the device): the gate's decision per request row.
+        ``first_steered`` / ``last_steered`` (``[R]``): each request's steered positions
+        (``steer_positions``; default ``prompt_len - 1`` and no end, ``last`` -1 meaning
+        none)."""
         num_reqs = int(req_alpha.shape[0])
         total = int(positions.shape[0])
         if total > self.max_tokens or num_reqs > self.max_reqs:
@@ -111,7 +120,12 @@ class SteeringState:
         host.wait()
         host.np["alpha"][:num_reqs] = req_alpha
         host.np["map_id"][:num_reqs] = req_map_id
-        host.np["first_steered"][:num_reqs] = prompt_len.astype(np.int64, copy=False) - 1
+        host.np["first_steered"][:num_reqs] = (
+            prompt_len.astype(np.int64, copy=False) - 1 if first_steered is None
+            else first_steered)
+        last = host.np["last_steered"]
+        last[:num_reqs] = -1 if last_steered is None else last_steered
+        np.putmask(last[:num_reqs], last[:num_reqs] < 0, np.iinfo(np.int64).max)
         host.np["alpha"][num_reqs] = 0.0  # tokens past the last request: never steered
         host.publish(num_reqs + 1)
         if alpha_factor is not None:
@@ -119,6 +133,9 @@ class SteeringState:
         req = self._rows.build(query_start_loc, num_reqs, total)
         torch.index_select(self.req_first_steered, 0, req, out=self._first_steered[:total])
         torch.ge(positions, self._first_steered[:total], out=self._steered[:total])
+        torch.index_select(self.req_last_steered, 0, req, out=self._last_steered[:total])
+        torch.le(positions, self._last_steered[:total], out=self._not_after[:total])
+        self._steered[:total].logical_and_(self._not_after[:total])
         torch.index_select(self.req_alpha, 0, req, out=self.alpha[:total])
         self.alpha[:total].mul_(self._steered[:total])
         torch.index_select(self.req_map_id, 0, req, out=self.map_id[:total])

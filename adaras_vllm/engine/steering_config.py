@@ -23,7 +23,7 @@ from typing import Any
 from adaras_vllm.maps import NeuronMap
 from adaras_vllm.maps.shipped import resolve_map_path
 
-from .params import MODES, SteeringDefaults
+from .params import MODES, POSITIONS, SteeringDefaults
 
 KEY = "adaras"
 #: The record's version; it is part of what the compile-cache key hashes, so a change to
@@ -133,6 +133,7 @@ class SteeringConfig:
             "max_alpha": d.max_alpha,
             "default_alpha": "map" if d.default_alpha is None else d.default_alpha,
             "default_mode": d.default_mode,
+            "default_positions": d.default_positions or "map",
         }
 
     @classmethod
@@ -143,7 +144,7 @@ class SteeringConfig:
         if not isinstance(raw, Mapping):
             raise SteeringConfigError(f"{where} must be an object, got {type(raw).__name__}")
         unknown = sorted(set(raw) - {"schema", "maps", "max_alpha", "default_alpha",
-                                     "default_mode"})
+                                     "default_mode", "default_positions"})
         if unknown:
             raise SteeringConfigError(f"{where} has unknown field(s) {', '.join(unknown)}")
         if raw.get("schema", SCHEMA) != SCHEMA:
@@ -176,7 +177,12 @@ class SteeringConfig:
         if mode not in MODES:
             raise SteeringConfigError(f"{where}.default_mode must be one of {', '.join(MODES)}, "
                                       f"got {mode!r}")
-        return cls(tuple(sources), SteeringDefaults(max_alpha, default_alpha, mode))
+        positions = raw.get("default_positions", "map")
+        if positions != "map" and positions not in POSITIONS:
+            raise SteeringConfigError(f"{where}.default_positions must be one of "
+                                      f"{', '.join(POSITIONS)} or 'map', got {positions!r}")
+        return cls(tuple(sources), SteeringDefaults(max_alpha, default_alpha, mode,
+                                                    None if positions == "map" else positions))
 
 
 def _number(raw: Any, what: str) -> float:

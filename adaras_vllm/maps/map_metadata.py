@@ -53,6 +53,12 @@ def map_who(metadata: Mapping[str, Any]) -> str:
     return f"neuron map {quoted(metadata.get('name', '?'))}"
 
 
+#: Which positions of a request are steered (prompt length P): ``from_last_prompt``
+#: t >= P-1 (the paper's rule), ``last_prompt`` t = P-1 only, ``generated`` t >= P.
+POSITIONS = ("from_last_prompt", "last_prompt", "generated")
+DEFAULT_POSITIONS = "from_last_prompt"
+
+
 @dataclass(frozen=True)
 class MapMetadata:
     """The required metadata as typed values; `extra` holds the other non-gate entries."""
@@ -102,6 +108,12 @@ class MapMetadata:
             raise MapFormatError(
                 f"{who}: metadata default_alpha is {quoted(metadata['default_alpha'])}; "
                 "expected a finite number"
+            )
+        positions = metadata.get("default_positions", DEFAULT_POSITIONS)
+        if positions not in POSITIONS:
+            raise MapFormatError(
+                f"{who}: metadata default_positions is {quoted(positions)}; expected one of "
+                f"{', '.join(POSITIONS)}"
             )
         extra = {key: value for key, value in metadata.items()
                  if key not in REQUIRED_METADATA and not key.startswith(GATE_METADATA_PREFIX)}

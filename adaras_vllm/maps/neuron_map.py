@@ -22,7 +22,14 @@ from .errors import MapFormatError
 from .gate_file import CorrectnessGate
 from .map_file import (PathArg, content_fingerprint, map_gate, named_tensors, read_map_file,
                        write_map_file)
-from .map_metadata import GATE_METADATA_PREFIX, MapMetadata, check_map_name, map_who, new_metadata
+from .map_metadata import (
+    DEFAULT_POSITIONS,
+    GATE_METADATA_PREFIX,
+    MapMetadata,
+    check_map_name,
+    map_who,
+    new_metadata,
+)
 from .model_shape import ModelShape, check_fits, model_name_mismatch
 from .paper_csv import ranked_layers, read_paper_csv, source_label
 from .values import (LayerTensors, as_tensor, as_tensors, canonical_layers, check_ranks,
@@ -301,6 +308,11 @@ class NeuronMap:
     @property
     def default_alpha(self) -> float:
         return self.info.default_alpha
+
+    @property
+    def default_positions(self) -> str:
+        """Positions steered when a request names none (metadata ``default_positions``)."""
+        return self.info.extra.get("default_positions", DEFAULT_POSITIONS)
 
     @property
     def source(self) -> str:

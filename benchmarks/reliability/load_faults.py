@@ -110,7 +110,8 @@ class Spec:
 
     def expected_steering(self, map_name: str) -> dict[str, Any]:
         return {"map": map_name, "alpha": self.alpha if self.mode == "always" else 0.0,
-                "applied": self.expect_applied, "mode": self.mode}
+                "applied": self.expect_applied, "mode": self.mode,
+                "positions": "from_last_prompt"}
 
 
 @dataclass

@@ -77,8 +77,9 @@ EXTRA_ROUTES = ("/v1/chat/completions/batch", "/v1/responses", "/v1/messages")
 FIXED_BODY = {"model": "adaras-organism",
               "messages": [{"role": "user", "content": "47+18-23+35"}],
               "max_tokens": 32, "temperature": 0, "steer_alpha": 2}
-KNOWN = ("steer_alpha", "steer_map", "steer_mode")
+KNOWN = ("steer_alpha", "steer_map", "steer_mode", "steer_positions")
 MODES = ("always", "off", "adaptive")  # adaptive: only on a map with a gate
+POSITIONS = ("from_last_prompt", "last_prompt", "generated")
 ABSENT = object()
 STREAM_ERROR = 299  # recorded status of a 200 stream that carried an error event
 
@@ -324,6 +325,10 @@ def _strategies(map_names: list[str], bound: float):  # noqa: ANN202
         st.sampled_from(MODES),
         st.one_of(st.sampled_from(["Adaptive", "Always", "OFF", "", "on", "always "]),
                   st.text(max_size=10), junk))
+    positions = st.one_of(
+        st.sampled_from(POSITIONS),
+        st.one_of(st.sampled_from(["Generated", "decode", "", "last", "all"]),
+                  st.text(max_size=10), junk))
     misspelt = st.one_of(
         st.sampled_from(["Steer_Alpha", "STEER_ALPHA", "steer_alpah", "steer_Alpha",
                          "steeralpha", "steer-alpha", "steer_", "steer_alpha ", "steer_maps",
@@ -339,7 +344,8 @@ def _strategies(map_names: list[str], bound: float):  # noqa: ANN202
         valid_only = draw(st.integers(0, 2)) == 0
         for key, strat, ok in (("steer_alpha", alpha, valid_alpha),
                                ("steer_map", map_, st.sampled_from(map_names)),
-                               ("steer_mode", mode, st.sampled_from(MODES))):
+                               ("steer_mode", mode, st.sampled_from(MODES)),
+                               ("steer_positions", positions, st.sampled_from(POSITIONS))):
             where = draw(st.sampled_from(["absent", "top", "xargs", "both"] if valid_only
                                          else ["absent", "top", "xargs", "both", "both_diff"]))
             if where == "absent":
@@ -455,6 +461,8 @@ def expectation(body: dict[str, Any], map_names: list[str], bound: float,
                 refuse.append(f"steer_map {v!r:.40} unknown")
             if key == "steer_mode" and not (isinstance(v, str) and v in MODES):
                 refuse.append(f"steer_mode {v!r:.40} invalid")
+            if key == "steer_positions" and not (isinstance(v, str) and v in POSITIONS):
+                refuse.append(f"steer_positions {v!r:.40} invalid")
         values[key] = chosen
     for key in list(body) + list(xargs):
         if key.lower().startswith("steer_") and key not in KNOWN:
@@ -474,7 +482,11 @@ def expectation(body: dict[str, Any], map_names: list[str], bound: float,
         a = values["steer_alpha"]
         alpha = default_alpha[map_name] if a is ABSENT else float(a)
         alpha = (0.0 if mode == "off" else alpha) + 0.0
-        steering = {"map": map_name, "alpha": alpha, "applied": alpha != 0.0, "mode": mode}
+        positions_ = values["steer_positions"]
+        steering = {"map": map_name, "alpha": alpha, "applied": alpha != 0.0, "mode": mode,
+                    # the organisms' maps carry no default_positions: the paper's rule
+                    "positions": positions_ if isinstance(positions_, str)
+                    else "from_last_prompt"}
         if mode == "adaptive" and alpha != 0.0:
             steering["gate_threshold"] = gates[map_name]  # applied / gate_score: the gate's
     return {"must_refuse": refuse, "advisory": advisory, "steering": steering}
