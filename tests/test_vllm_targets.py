@@ -16,11 +16,13 @@ from adaras_vllm.engine import patches
 from adaras_vllm.engine.adoption import PATCHES as ADOPTION_PATCHES
 from adaras_vllm.engine.patches import Patch, UnsupportedVllmError
 from adaras_vllm.engine.plugin import PLUGIN_PATCHES, steering_patches
+from adaras_vllm.server.api_processes import API_PROCESS_PATCHES, LAUNCHER_PATCHES
 from adaras_vllm.server.upstream_guards import PATCHES as SERVER_PATCHES
 
 from conftest import ENV_VAR, map_spec, tiny_model
 
-ALL_PATCHES = (*PLUGIN_PATCHES, *ADOPTION_PATCHES, *steering_patches(), *SERVER_PATCHES)
+ALL_PATCHES = (*PLUGIN_PATCHES, *ADOPTION_PATCHES, *steering_patches(), *SERVER_PATCHES,
+               *LAUNCHER_PATCHES, *API_PROCESS_PATCHES)
 
 
 @pytest.mark.parametrize("patch", ALL_PATCHES, ids=lambda p: p.target)

@@ -43,6 +43,9 @@ that each target exists in the installed vLLM with the parameters below):
 | ``vllm.v1.worker.worker_base:WorkerBase.adaras_capture_fetch`` | (added) capture results by RPC | offers plugin worker extensions by default |
 | ``vllm.v1.worker.worker_base:WorkerBase.adaras_steering_status`` | (added) what each worker steers, for start-up checks | same |
 | ``vllm.v1.worker.worker_base:WorkerBase.adaras_gate_results`` | (added) gate decisions by RPC | same |
+| ``vllm.v1.utils:run_api_server_worker_proc`` | (``adaras serve --api-server-count N``, launcher only) each spawned API process runs ours, which installs the steering layer | builds extra API processes' apps through a plugin hook |
+| ``vllm.entrypoints.launchers.api_server.entry:build_app`` | (each such API process) the app vLLM builds gets the steering layer | same |
+| ``vllm.entrypoints.launchers.api_server.entry:build_and_serve`` | (each such API process) every engine's workers are checked before serving | same |
 | ``vllm.renderers.online_renderer:OnlineRenderer.render_responses`` | ``/v1/responses`` inputs that crash vLLM's renderer are a 400, not a 500 (server only) | validates those inputs itself |
 """
 
