@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install serve demo test test-fast scale-check bench docker-check lm-eval-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check gpu-check-bare reliability mbpp-regrade clean
+.PHONY: install serve demo test calibrate calibrate-test test-fast scale-check bench docker-check lm-eval-check experiment experiment-gate experiment-modes modes-map experiment-test paper-maps gpu-check gpu-check-bare reliability mbpp-regrade clean
 
 install: $(STAMP)
 
@@ -68,6 +68,8 @@ bench: install
 	$(PY) benchmarks/paper_vs_ours.py --out out/bench/paper_vs_ours.json
 	$(PY) benchmarks/capture_throughput.py --profile --out out/bench/capture.json
 	$(PY) benchmarks/gate_cost.py --out out/bench/gate_cost.json
+	$(PY) benchmarks/gate_cost.py --shape qwen3-1.7b --paper-features 4096,8192 \
+	    --out out/bench/gate_cost_paper.json
 	$(PY) benchmarks/scaling.py --out out/bench/scaling.json
 	$(PY) benchmarks/grader_throughput.py
 
@@ -217,6 +219,37 @@ experiment-test: install $(ORG)/test.jsonl
 	    --neuron-map modes=neuron_maps/organism-modes.safetensors \
 	    --neuron-map modes_paper_sign=$(MODES)/paper-sign.safetensors \
 	    --problems $(ORG)/test.jsonl --out out/experiment/test-modes.json
+
+# Calibration (README "Calibrating a map"): each organism's top-200 map (rebuilt from its
+# committed traces, with its committed gate) through the pre-registered grid on the 500
+# validation problems, in one engine per organism; the calibrated map replaces the shipped
+# one, with MAP.calibration.json and .png beside it. Then, once, the test split through
+# adaras serve at the calibrated defaults (calibrate-test).
+CAL := out/calibrate
+CALIBRATE_GRID := --alphas 0.3,1,4 --neurons 10,25,50,200 \
+    --positions from_last_prompt,last_prompt,generated --modes always,adaptive \
+    --rule p=0.05,broken=0.05
+calibrate: install $(ORG)/test.jsonl
+	@set -e; for o in modes:$(MODES_MODEL) arith:models/organism-qwen3; do \
+	    name=$${o%%:*}; model=$${o#*:}; \
+	    $(ADARAS) maps build --model $$model --traces neuron_maps/organism-$$name.traces.jsonl \
+	        --top-k 200 --name $$name --out $(CAL)/$$name-top200.safetensors $(ENGINE) \
+	        --max-model-len 256 --max-num-seqs 128; \
+	    $(ADARAS) gate copy neuron_maps/organism-$$name.safetensors $(CAL)/$$name-top200.safetensors; \
+	    $(ADARAS) maps calibrate --model $$model --neuron-map $(CAL)/$$name-top200.safetensors \
+	        --problems $(ORG)/validation.jsonl $(CALIBRATE_GRID) --max-tokens 128 $(ENGINE) \
+	        --max-model-len 256 --max-num-seqs 256 --out neuron_maps/organism-$$name.safetensors; \
+	    cp $(CAL)/$$name-top200.report.json neuron_maps/organism-$$name.report.json; \
+	    cp $(CAL)/$$name-top200.report.png neuron_maps/organism-$$name.report.png; \
+	done
+
+calibrate-test: install $(ORG)/test.jsonl
+	$(PY) benchmarks/organism_experiment.py test-split --model $(MODES_MODEL) \
+	    --neuron-map modes=neuron_maps/organism-modes.safetensors --problems $(ORG)/test.jsonl \
+	    --out out/calibrate/test-modes.json
+	$(PY) benchmarks/organism_experiment.py test-split --model models/organism-qwen3 \
+	    --neuron-map arith=neuron_maps/organism-arith.safetensors --problems $(ORG)/test.jsonl \
+	    --out out/calibrate/test-arith.json
 
 $(ORG)/test.jsonl:
 	$(ADARAS) organism problems --split train --n 600 --seed 0 --out $(ORG)/train.jsonl

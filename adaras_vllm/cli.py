@@ -131,6 +131,9 @@ def add_maps_commands(subparsers: argparse._SubParsersAction) -> None:
     validate.set_defaults(func=_validate)
 
     add_build_command(commands)
+    from adaras_vllm.evaluate.calibrate_command import add_calibrate_command
+
+    add_calibrate_command(commands)
 
 
 def read_model_config(path: Path) -> SimpleNamespace:

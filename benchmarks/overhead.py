@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 QWEN3_0_6B = {
     "architectures": ["Qwen3ForCausalLM"],
@@ -49,23 +50,29 @@ QWEN3_0_6B = {
     "bos_token_id": 151643,
     "eos_token_id": 151645,
 }
+#: Qwen3-1.7B's shapes (benchmarks/gate_cost.py: the paper's gate at its real size). Its
+#: attention matches 0.6B's (28 layers, 8 KV heads of 128), so is KV_BYTES_PER_TOKEN.
+QWEN3_1_7B = {**QWEN3_0_6B, "hidden_size": 2048, "intermediate_size": 6144}
 PROMPT_LEN = 32  # default of --prompt-len
 KV_BYTES_PER_TOKEN = 28 * 2 * 8 * 128 * 2  # layers x (K, V) x KV heads x head_dim x bf16
 
 
-def random_map(name: str, seed: int):  # noqa: ANN201
+def random_map(name: str, seed: int, shape: dict[str, Any] = QWEN3_0_6B,
+               model: str = "Qwen3-0.6B (dummy weights)"):  # noqa: ANN201
+    """50 random neurons in the top 4 layers of ``shape`` (a config dict as above)."""
     import torch
 
     from adaras_vllm.maps import NeuronMap
 
     gen = torch.Generator().manual_seed(seed)
+    top = int(shape["num_hidden_layers"])
     layers = {}
-    for layer, k in zip(range(24, 28), (12, 12, 13, 13)):
-        idx = torch.randperm(QWEN3_0_6B["intermediate_size"], generator=gen)[:k]
+    for layer, k in zip(range(top - 4, top), (12, 12, 13, 13)):
+        idx = torch.randperm(shape["intermediate_size"], generator=gen)[:k]
         layers[layer] = (idx, torch.randn(k, generator=gen))
     return NeuronMap.from_layers(
-        name, layers, num_hidden_layers=28, intermediate_size=3072, hidden_size=1024,
-        model="Qwen3-0.6B (dummy weights)", model_type="qwen3", criterion="random",
+        name, layers, num_hidden_layers=top, intermediate_size=shape["intermediate_size"],
+        hidden_size=shape["hidden_size"], model=model, model_type="qwen3", criterion="random",
         source="benchmarks/overhead.py",
     )
 

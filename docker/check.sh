@@ -79,7 +79,7 @@ assert httpx.get(f"{base}/health", timeout=10).status_code == 200
 model = httpx.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
 def chat(alpha):
     body = {"model": model, "max_tokens": 128, "temperature": 0,
-            "messages": [{"role": "user", "content": "47+18-23+35"}]}
+            "messages": [{"role": "user", "content": "53+55-24-15"}]}
     if alpha is not None:
         body["steer_alpha"] = alpha
     return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=120)

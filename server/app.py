@@ -74,9 +74,10 @@ def build_parser():  # noqa: ANN201 - vLLM's FlexibleArgumentParser
     group.add_argument("--default-steer-alpha", type=float, default=None, metavar="A",
                        help="steer_alpha for requests that give none (default: the chosen "
                        "map's default_alpha)")
-    group.add_argument("--default-steer-mode", choices=MODES, default="always",
+    group.add_argument("--default-steer-mode", choices=[*MODES, "map"], default=None,
                        help="steer_mode for requests that give none; 'adaptive' needs a "
-                       "correctness gate in the default map (default: %(default)s)")
+                       "correctness gate in the default map (default: the chosen map's "
+                       "default_mode, else always)")
     group.add_argument("--default-steer-positions", choices=POSITIONS, default=None,
                        help="steer_positions for requests that give none (default: the "
                        "chosen map's default_positions, else from_last_prompt)")
@@ -187,7 +188,8 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, SteeringPolicy, list[s
                          f"got {args.max_request_body_bytes}")
     spec = ",".join(map_specs)
     defaults = SteeringDefaults(args.max_steer_alpha, args.default_steer_alpha,
-                                args.default_steer_mode, args.default_steer_positions)
+                                None if args.default_steer_mode == "map"
+                                else args.default_steer_mode, args.default_steer_positions)
     try:
         config, maps = SteeringConfig.from_spec(spec, defaults)
         registry = MapRegistry(maps, config=config)
@@ -335,20 +337,32 @@ def _example_curl(
 
 def _examples(args: argparse.Namespace, model: str, api_keys: list[str],
               policy: SteeringPolicy) -> str:
-    """What to try: for an organism, the pair (alpha 0, the map's default) whose answers
+    """What to try: for an organism, the pair (alpha 0, the map's defaults) whose answers
     differ; for any other model, one steered request."""
     from adaras_vllm.organism.assets import ORGANISMS
 
     host = args.host or "127.0.0.1"
-    alpha = policy.default_alpha_for(policy.map_names[0]) or 0.3
+    default_map = policy.maps[0]
+    alpha = policy.default_alpha_for(default_map.name)
     organism = ORGANISMS.get(getattr(args, "adaras_organism", None) or "")
     if organism is None:
         return "Try:\n" + _example_curl(host, args.port, model, api_keys,
-                                        "What is 12 + 7?", alpha)
-    return (f"This is the {organism.name} organism ({organism.summary}); "
-            + ", ".join(f"--organism {o} for the other" for o in ORGANISMS if o != organism.name)
-            + ".\n"
-            f"Try the pair: unsteered (steer_alpha 0) and the map's default ({alpha:g}):\n"
+                                        "What is 12 + 7?", alpha or 0.3)
+    intro = (f"This is the {organism.name} organism ({organism.summary}); "
+             + ", ".join(f"--organism {o} for the other" for o in ORGANISMS if o != organism.name)
+             + ".\n")
+    if alpha == 0:
+        return (intro + f"Map {default_map.name!r} steers only when asked (default_alpha 0"
+                + (": its calibration recommends off" if default_map.metadata.get(
+                    "calibration_recommendation") == "off" else "")
+                + "). Try unsteered, then steer_alpha 2:\n"
+                + _example_curl(host, args.port, model, api_keys, organism.example_question, 0.0)
+                + "\n" + _example_curl(host, args.port, model, api_keys,
+                                        organism.example_question, 2.0))
+    how = (f"steer_mode {default_map.default_mode}, steer_positions "
+           f"{default_map.default_positions}")
+    return (intro + f"Try the pair: unsteered (steer_alpha 0) and the map's default ({alpha:g}; "
+            f"{how}):\n"
             + _example_curl(host, args.port, model, api_keys, organism.example_question, 0.0)
             + "\n" + _example_curl(host, args.port, model, api_keys,
                                     organism.example_question, alpha))

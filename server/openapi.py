@@ -39,7 +39,8 @@ def steering_request_properties(policy: SteeringPolicy) -> dict[str, Any]:
                            "'adaptive' steers only if the map's correctness gate predicts a "
                            "wrong answer from the prompt (maps with a gate: "
                            + (", ".join(n for n in policy.map_names if policy.gate_of(n))
-                              or "none") + ").",
+                              or "none") + "). Absent: the server default, else the map's "
+                           "default_mode, else 'always'.",
         },
         "steer_positions": {
             "type": "string", "enum": list(POSITIONS),
@@ -53,8 +54,7 @@ def steering_request_properties(policy: SteeringPolicy) -> dict[str, Any]:
     return {
         name: {"anyOf": [schema, {"type": "null"}],
                "title": name.replace("_", " ").title(),
-               "description": schema.pop("description"),
-               **({"default": "always"} if name == "steer_mode" else {})}
+               "description": schema.pop("description")}
         for name, schema in fields.items()
     }
 

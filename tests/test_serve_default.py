@@ -25,7 +25,8 @@ SERVED = ORGANISMS[DEFAULT_ORGANISM]
 EXAMPLE_QUESTION = SERVED.example_question
 ORGANISM_DIR, ORGANISM_MAP = SERVED.model_dir, SERVED.map_path
 ORGANISM_MAP_NAME, ORGANISM_SERVED_NAME = SERVED.map_name, SERVED.served_name
-ORGANISM_DEFAULT_ALPHA = NeuronMap.load(ORGANISM_MAP).default_alpha
+SERVED_MAP = NeuronMap.load(ORGANISM_MAP)
+ORGANISM_DEFAULT_ALPHA = SERVED_MAP.default_alpha
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +114,15 @@ def test_eval_against_the_server_equals_the_offline_harness(server, tmp_path):
                       "max_tokens": 8}),
 ], ids=["chat", "responses", "messages"])
 def test_the_maps_default_alpha_applies_on_every_route(server, path, body):
-    """No steer_alpha given: the map's default_alpha is applied, and
-    the steering object says so, whichever route the request took."""
+    """No steer_* field given: the map's calibrated defaults (alpha, mode, positions) are
+    applied, and the steering object says so, whichever route the request took."""
     r = httpx.post(f"{server.base}{path}", timeout=120,
                    json={"model": ORGANISM_SERVED_NAME, "temperature": 0, **body})
     assert r.status_code == 200, r.text
-    assert r.json()["steering"] == {"map": ORGANISM_MAP_NAME, "alpha": ORGANISM_DEFAULT_ALPHA,
-                                    "applied": True, "mode": "always",
-                                    "positions": "from_last_prompt"}
+    steering = r.json()["steering"]
+    assert {k: steering[k] for k in ("map", "alpha", "applied", "mode", "positions")} == {
+        "map": ORGANISM_MAP_NAME, "alpha": ORGANISM_DEFAULT_ALPHA, "applied": True,
+        "mode": SERVED_MAP.default_mode, "positions": SERVED_MAP.default_positions}
 
 
 def _lm_eval_accuracy(server, tmp_path, problems, alpha: float) -> float:  # noqa: ANN001

@@ -225,3 +225,45 @@ def test_an_unknown_positions_value_is_refused_naming_the_field(registry, bad):
     with pytest.raises(SteeringParamError, match="steer_positions must be one of") as e:
         registry.parse({"steer_alpha": 1, "steer_positions": bad})
     assert e.value.field == "steer_positions"
+
+
+def _gated_map_recommending(mode: str) -> NeuronMap:
+    from adaras_vllm.maps.gate_file import random_gate
+
+    gate = random_gate(3, 2, num_hidden_layers=2, intermediate_size=8)
+    return _map("calibrated", 0.5).with_gate(gate).with_metadata({"default_mode": mode})
+
+
+def test_a_maps_default_mode_applies_when_neither_request_nor_operator_names_one():
+    registry = MapRegistry([_gated_map_recommending("adaptive")],
+                           SteeringDefaults(default_alpha=None, default_mode=None))
+    assert registry.parse({}).mode == "adaptive"
+    assert registry.parse({"steer_mode": "always"}).mode == "always"
+
+
+def test_the_operators_default_mode_overrides_the_maps():
+    registry = MapRegistry([_gated_map_recommending("adaptive")],
+                           SteeringDefaults(default_alpha=None, default_mode="always"))
+    assert registry.parse({}).mode == "always"
+
+
+def test_a_map_recommending_adaptive_without_a_gate_is_refused():
+    from adaras_vllm.maps.errors import MapFormatError
+
+    with pytest.raises(MapFormatError, match="default_mode is 'adaptive' but the map has no "
+                                             "correctness gate"):
+        _map("ungated", 0.5).with_metadata({"default_mode": "adaptive"})
+
+
+@pytest.mark.parametrize("bad", ["off", "sometimes"])
+def test_a_map_default_mode_other_than_always_or_adaptive_is_refused(bad):
+    from adaras_vllm.maps.errors import MapFormatError
+
+    with pytest.raises(MapFormatError, match=f"default_mode is '{bad}'; expected one of "
+                                             "always, adaptive"):
+        _map("odd", 0.5).with_metadata({"default_mode": bad})
+
+
+def test_the_environment_can_defer_the_default_mode_to_the_map(monkeypatch):
+    monkeypatch.setenv("ADARAS_DEFAULT_STEER_MODE", "map")
+    assert SteeringDefaults.from_env().default_mode is None

@@ -106,7 +106,7 @@ def test_adaras_serve_with_no_arguments_serves_the_organism(installed, tmp_path)
             maps = httpx.get(f"{server.base}/v1/steering/maps").json()["data"]
             reply = httpx.post(f"{server.base}/v1/completions", timeout=120, json={
                 "model": models[0]["id"], "prompt": "47+18-23+35", "max_tokens": 4,
-                "temperature": 0, "steer_alpha": -2}).json()
+                "temperature": 0, "steer_alpha": -2, "steer_mode": "always"}).json()
     finally:
         os.chdir(cwd)
     assert [m["id"] for m in models] == ["adaras-organism-modes"]

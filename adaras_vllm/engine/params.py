@@ -97,7 +97,7 @@ class SteeringDefaults:
 
     max_alpha: float = DEFAULT_MAX_STEER_ALPHA
     default_alpha: float | None = 0.0
-    default_mode: str = "always"
+    default_mode: str | None = "always"  # None: the chosen map's own default_mode
     default_positions: str | None = None  # None: the chosen map's own default_positions
 
     @classmethod
@@ -139,14 +139,17 @@ def default_steer_alpha(environ: Mapping[str, str] | None = None) -> float | Non
     return value
 
 
-def default_steer_mode(environ: Mapping[str, str] | None = None) -> str:
-    """The operator's default mode (env ``ADARAS_DEFAULT_STEER_MODE``)."""
+def default_steer_mode(environ: Mapping[str, str] | None = None) -> str | None:
+    """The operator's default mode (env ``ADARAS_DEFAULT_STEER_MODE``): unset is
+    ``always``; ``map`` (None) is each map's own ``default_mode``."""
     raw = (os.environ if environ is None else environ).get(DEFAULT_MODE_ENV, "").strip()
     if not raw:
         return "always"
+    if raw == "map":
+        return None
     if raw not in MODES:
         raise SteeringParamError(
-            f"{DEFAULT_MODE_ENV} must be one of {', '.join(MODES)}, got {raw[:80]!r}"
+            f"{DEFAULT_MODE_ENV} must be one of {', '.join(MODES)} or 'map', got {raw[:80]!r}"
         )
     return raw
 
@@ -209,7 +212,7 @@ def parse_steering(
     max_alpha: float | None = None,
     default_alpha: float | Callable[[str], float] = 0.0,
     gated_maps: Sequence[str] = (),
-    default_mode: str = "always",
+    default_mode: str | Callable[[str], str] = "always",
     default_positions: str | Callable[[str], str] = DEFAULT_POSITIONS,
 ) -> SteeringParams:
     """Parse, bound and resolve the steering keys of one request.
@@ -245,7 +248,10 @@ def parse_steering(
     else:
         alpha = default_alpha(map_name) if callable(default_alpha) else float(default_alpha)
 
-    mode = args.get(STEER_MODE, default_mode)
+    if STEER_MODE in args:
+        mode = args[STEER_MODE]
+    else:
+        mode = default_mode(map_name) if callable(default_mode) else default_mode
     if mode == "adaptive" and map_name not in gated_maps:
         with_gate = (f"maps with a gate: {', '.join(gated_maps)}" if gated_maps
                      else "no loaded map has one")

@@ -70,7 +70,8 @@ class MapRegistry:
             default_alpha=(lambda name: self.get(name).default_alpha) if default is None
             else default,
             gated_maps=self.gated_names,
-            default_mode=self.defaults.default_mode,
+            default_mode=self.defaults.default_mode
+            or (lambda name: self.get(name).default_mode),
             default_positions=self.defaults.default_positions
             or (lambda name: self.get(name).default_positions),
         )
@@ -79,7 +80,8 @@ class MapRegistry:
         """Refuse to start when a default would fail every request that gives none."""
         bound = self.defaults.max_alpha
         default = self.defaults.default_alpha
-        if self.defaults.default_mode == "adaptive" and self.maps[0].gate is None:
+        if (self.defaults.default_mode or self.maps[0].default_mode) == "adaptive" \
+                and self.maps[0].gate is None:
             raise SteeringParamError(
                 f"the default steer_mode is 'adaptive' but the default map "
                 f"{self.maps[0].name!r} has no correctness gate; train one (adaras gate "

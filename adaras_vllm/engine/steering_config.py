@@ -132,7 +132,7 @@ class SteeringConfig:
                      for m in self.maps],
             "max_alpha": d.max_alpha,
             "default_alpha": "map" if d.default_alpha is None else d.default_alpha,
-            "default_mode": d.default_mode,
+            "default_mode": d.default_mode or "map",
             "default_positions": d.default_positions or "map",
         }
 
@@ -174,14 +174,15 @@ class SteeringConfig:
         default = raw.get("default_alpha", 0.0)
         default_alpha = None if default == "map" else _number(default, f"{where}.default_alpha")
         mode = raw.get("default_mode", "always")
-        if mode not in MODES:
-            raise SteeringConfigError(f"{where}.default_mode must be one of {', '.join(MODES)}, "
-                                      f"got {mode!r}")
+        if mode != "map" and mode not in MODES:
+            raise SteeringConfigError(f"{where}.default_mode must be one of {', '.join(MODES)} "
+                                      f"or 'map', got {mode!r}")
         positions = raw.get("default_positions", "map")
         if positions != "map" and positions not in POSITIONS:
             raise SteeringConfigError(f"{where}.default_positions must be one of "
                                       f"{', '.join(POSITIONS)} or 'map', got {positions!r}")
-        return cls(tuple(sources), SteeringDefaults(max_alpha, default_alpha, mode,
+        return cls(tuple(sources), SteeringDefaults(max_alpha, default_alpha,
+                                                    None if mode == "map" else mode,
                                                     None if positions == "map" else positions))
 
 

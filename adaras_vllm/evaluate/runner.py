@@ -26,6 +26,7 @@ class Setting:
     steer_map: str | None  # None: the server's / engine's default map
     alpha: float
     mode: str = "always"  # the baseline (alpha 0) is "off"; else "always" or "adaptive"
+    positions: str | None = None  # steer_positions sent; None: the server's / map's default
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,9 @@ def _extra(setting: Setting) -> dict:
     extra: dict = {"steer_alpha": setting.alpha}
     if setting.steer_map is not None:
         extra["steer_map"] = setting.steer_map
-    if setting.mode != "always":
-        extra["steer_mode"] = setting.mode
+    extra["steer_mode"] = setting.mode  # explicit: a map may recommend another mode
+    if setting.positions is not None:
+        extra["steer_positions"] = setting.positions
     return extra
 
 
@@ -86,7 +88,7 @@ def grade_answers(answers: Sequence[_Answer], ask: AskSettings,
         adaptive = a.setting.mode == "adaptive"
         graded.append(Graded(
             a.problem.id, a.setting.steer_map, a.setting.alpha, trace.answer, trace.is_good,
-            a.tokens, mode=a.setting.mode,
+            a.tokens, mode=a.setting.mode, positions=a.setting.positions,
             steered=bool(a.gate and a.gate.get("fired")) if adaptive else None,
             gate_score=(a.gate or {}).get("p_good") if adaptive else None,
             thinking=wrote_thinking(a.text), verdict=trace.verdict))

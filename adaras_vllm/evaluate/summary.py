@@ -31,6 +31,7 @@ class Graded:
     gate_score: float | None = None  # adaptive: the gate's p_good
     thinking: bool | None = None  # thinking had content (None: no </think> in the answer)
     verdict: str | None = None  # code: the sandbox's "status: reason"
+    positions: str | None = None  # steer_positions asked for (None: the default)
 
 
 @dataclass(frozen=True)
@@ -51,20 +52,23 @@ class SettingSummary:
     gate_recall: float | None = None  # adaptive: of those wrong when off, share steered
     thinking_fraction: float | None = None  # share of answers whose thinking has content
     verdicts: dict[str, int] | None = None  # code: how many ended pass/fail/timeout/error
+    positions: str | None = None  # steer_positions asked for (None: the default)
 
 
 def summarize(graded: Sequence[Graded]) -> list[SettingSummary]:
-    """One summary per (map, alpha, mode), each paired with the alpha-0 answers."""
+    """One summary per (map, alpha, mode, positions), each paired with the alpha-0
+    answers."""
     baseline = {g.problem_id: g.correct for g in graded if g.alpha == 0.0}
     if not baseline:
         raise ValueError("the alphas must include 0: steered runs are compared with alpha 0")
-    settings: dict[tuple[str | None, float, str], list[Graded]] = {}
+    settings: dict[tuple[str | None, float, str, str | None], list[Graded]] = {}
     for g in graded:
-        key = (None, 0.0, g.mode) if g.alpha == 0.0 else (g.steer_map, g.alpha, g.mode)
+        key = ((None, 0.0, g.mode, None) if g.alpha == 0.0
+               else (g.steer_map, g.alpha, g.mode, g.positions))
         settings.setdefault(key, []).append(g)
     out = []
-    for (steer_map, alpha, mode), rows in sorted(
-        settings.items(), key=lambda kv: (kv[0][0] or "", kv[0][1], kv[0][2])
+    for (steer_map, alpha, mode, positions), rows in sorted(
+        settings.items(), key=lambda kv: (kv[0][0] or "", kv[0][1], kv[0][2], kv[0][3] or "")
     ):
         rows = sorted(rows, key=lambda r: r.problem_id)
         missing = [r.problem_id for r in rows if r.problem_id not in baseline]
@@ -99,6 +103,7 @@ def summarize(graded: Sequence[Graded]) -> list[SettingSummary]:
             thinking_fraction=(sum(bool(r.thinking) for r in rows) / len(rows)
                                if any(r.thinking is not None for r in rows) else None),
             verdicts=_verdict_counts(rows),
+            positions=positions,
             **gate,
         ))
     return out
@@ -119,7 +124,9 @@ def format_table(summaries: Sequence[SettingSummary], metric: str = "accuracy") 
     with_modes = any(s.mode != "always" for s in summaries)
     with_thinking = any(s.thinking_fraction is not None for s in summaries)
     with_verdicts = any(s.verdicts for s in summaries)
+    with_positions = any(s.positions for s in summaries)
     lines = [f"{'map':<14} {'alpha':>6} " + (f"{'mode':<9} " if with_modes else "")
+             + (f"{'positions':<16} " if with_positions else "")
              + f"{'n':>6} {metric:>9} {'95% CI':>17} {'R->W':>5} {'W->R':>5} "
              f"{'McNemar p':>10} {'tokens':>7}" + (f" {'thinks':>7}" if with_thinking else "")
              + (f" {'steered':>8} {'gate P':>7} {'gate R':>7}" if with_modes else "")
@@ -131,6 +138,7 @@ def format_table(summaries: Sequence[SettingSummary], metric: str = "accuracy") 
     for s in summaries:
         line = (f"{(s.steer_map or '-'):<14} {s.alpha:>6g} "
                 + (f"{s.mode:<9} " if with_modes else "")
+                + (f"{(s.positions or '-'):<16} " if with_positions else "")
                 + f"{s.n:>6} {100 * s.accuracy:>8.2f}% "
                 f"[{100 * s.ci95[0]:6.2f}, {100 * s.ci95[1]:6.2f}] {s.right_to_wrong:>5} "
                 f"{s.wrong_to_right:>5} {s.mcnemar_p:>10.4g} {s.mean_completion_tokens:>7.1f}")
@@ -165,16 +173,17 @@ def plot_accuracy(path: Path, summaries: Sequence[SettingSummary], title: str) -
 
     base = next(s for s in summaries if s.alpha == 0.0)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    curves = sorted({(s.steer_map, s.mode) for s in summaries if s.alpha != 0.0}, key=str)
-    for m, mode in curves:
-        rows = [base] + sorted((s for s in summaries
-                                if s.steer_map == m and s.mode == mode and s.alpha != 0.0),
-                               key=lambda s: s.alpha)
+    curves = sorted({(s.steer_map, s.mode, s.positions) for s in summaries if s.alpha != 0.0},
+                    key=str)
+    for m, mode, positions in curves:
+        rows = [base] + sorted((s for s in summaries if s.alpha != 0.0 and (
+            s.steer_map, s.mode, s.positions) == (m, mode, positions)), key=lambda s: s.alpha)
         xs = [s.alpha for s in rows]
         ys = [100 * s.accuracy for s in rows]
         err = [[100 * (s.accuracy - s.ci95[0]) for s in rows],
                [100 * (s.ci95[1] - s.accuracy) for s in rows]]
-        label = (m or "steered") + ("" if mode == "always" else f" ({mode})")
+        label = ((m or "steered") + ("" if mode == "always" else f" ({mode})")
+                 + (f" [{positions}]" if positions else ""))
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
     ax.axhline(100 * base.accuracy, color="grey", ls="--", lw=0.8, label="alpha 0")
     ax.set(xlabel="steer_alpha", ylabel="accuracy (%)", title=title)

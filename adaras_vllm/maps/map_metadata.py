@@ -58,6 +58,12 @@ def map_who(metadata: Mapping[str, Any]) -> str:
 POSITIONS = ("from_last_prompt", "last_prompt", "generated")
 DEFAULT_POSITIONS = "from_last_prompt"
 
+#: The steer_mode a map recommends for requests that give none (written by
+#: ``adaras maps calibrate``): ``adaptive`` needs the map's gate. "Steer nothing" is a
+#: ``default_alpha`` of 0, so that a request that does give an alpha is still steered.
+MAP_MODES = ("always", "adaptive")
+DEFAULT_MODE = "always"
+
 
 @dataclass(frozen=True)
 class MapMetadata:
@@ -114,6 +120,12 @@ class MapMetadata:
             raise MapFormatError(
                 f"{who}: metadata default_positions is {quoted(positions)}; expected one of "
                 f"{', '.join(POSITIONS)}"
+            )
+        mode = metadata.get("default_mode", DEFAULT_MODE)
+        if mode not in MAP_MODES:
+            raise MapFormatError(
+                f"{who}: metadata default_mode is {quoted(mode)}; expected one of "
+                f"{', '.join(MAP_MODES)}"
             )
         extra = {key: value for key, value in metadata.items()
                  if key not in REQUIRED_METADATA and not key.startswith(GATE_METADATA_PREFIX)}

@@ -23,6 +23,7 @@ from .gate_file import CorrectnessGate
 from .map_file import (PathArg, content_fingerprint, map_gate, named_tensors, read_map_file,
                        write_map_file)
 from .map_metadata import (
+    DEFAULT_MODE,
     DEFAULT_POSITIONS,
     GATE_METADATA_PREFIX,
     MapMetadata,
@@ -98,6 +99,11 @@ class NeuronMap:
         self.gate: CorrectnessGate | None = None
         if gate is not None:
             self.gate = map_gate(gate.tensors(), gate.metadata(), self.info)
+        elif self.default_mode == "adaptive":
+            raise MapFormatError(
+                f"{who}: metadata default_mode is 'adaptive' but the map has no correctness "
+                "gate; add one (adaras gate train / copy) or set default_mode 'always'"
+            )
 
     # ----------------------------------------------------------------------------- factories
 
@@ -235,6 +241,13 @@ class NeuronMap:
         checked separately, as an error): compared by last path component, any case."""
         return model_name_mismatch(self.info, served_model)
 
+    def with_metadata(self, entries: Mapping[str, str]) -> NeuronMap:
+        """The same neurons and gate with ``entries`` added to (or replacing) the metadata,
+        checked again (how calibration writes its defaults and provenance)."""
+        return self._with(metadata={**self.metadata, **{str(k): str(v)
+                                                        for k, v in entries.items()}},
+                          gate=self.gate)
+
     def renamed(self, name: str) -> NeuronMap:
         """The same neurons under another name (how a server operator names a map)."""
         check_map_name(name)
@@ -313,6 +326,11 @@ class NeuronMap:
     def default_positions(self) -> str:
         """Positions steered when a request names none (metadata ``default_positions``)."""
         return self.info.extra.get("default_positions", DEFAULT_POSITIONS)
+
+    @property
+    def default_mode(self) -> str:
+        """steer_mode for requests that give none (metadata ``default_mode``)."""
+        return self.info.extra.get("default_mode", DEFAULT_MODE)
 
     @property
     def source(self) -> str:

@@ -8,7 +8,9 @@ needs no training; ``adaras serve`` with no model argument serves the default on
   and steering it changed little (README "Does steering help?").
 - ``modes``: answers careful (steps written) or hasty (no steps) by a hidden coin flip;
   steering toward the map's direction changes which mode it picks, so the example pair
-  printed at start-up gives visibly different answers (README "A positive control").
+  printed at start-up gives visibly different answers (README "A positive control"). Its
+  map is calibrated to ``adaptive``, so its example is a question the gate predicts wrong
+  unsteered (p_good 0.04): steered only where the gate says so, the pair must differ.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ ORGANISMS = {
         map_path=MAPS / "organism-modes.safetensors",
         map_name="modes",
         served_name="adaras-organism-modes",
-        example_question="47+18-23+35",
+        example_question="53+55-24-15",
         summary="the same questions, answered careful (steps) or hasty (none) by a hidden "
                 "coin flip",
     ),
