@@ -231,8 +231,9 @@ def serving_registry(engine_client) -> MapRegistry:  # noqa: ANN001
 
 def policy_of(registry: MapRegistry) -> SteeringPolicy:
     """The HTTP layer's view of the operator's choices, from the registry an engine uses."""
-    return SteeringPolicy(registry.maps, max_alpha=registry.defaults.max_alpha,
-                          default_alpha=registry.defaults.default_alpha)
+    d = registry.defaults
+    return SteeringPolicy(registry.maps, max_alpha=d.max_alpha, default_alpha=d.default_alpha,
+                          default_mode=d.default_mode, default_positions=d.default_positions)
 
 
 def install_in_every_process() -> None:
@@ -313,7 +314,8 @@ def _field_differences(theirs: dict | None, config: SteeringConfig) -> str:
         return ""
     ours = config.to_dict()
     notes = [f"{k}: {ours.get(k)!r} here, {theirs.get(k)!r} there"
-             for k in ("max_alpha", "default_alpha", "default_mode") if ours.get(k) != theirs.get(k)]
+             for k in ("max_alpha", "default_alpha", "default_mode", "default_positions")
+             if ours.get(k) != theirs.get(k)]
     their_paths = {m.get("name"): m.get("path") for m in theirs.get("maps") or []}
     notes += [f"path of {m.name}: {m.path} here, {their_paths[m.name]} there"
               for m in config.maps if m.name in their_paths and their_paths[m.name] != m.path]
@@ -359,8 +361,8 @@ def _examples(args: argparse.Namespace, model: str, api_keys: list[str],
                 + _example_curl(host, args.port, model, api_keys, organism.example_question, 0.0)
                 + "\n" + _example_curl(host, args.port, model, api_keys,
                                         organism.example_question, 2.0))
-    how = (f"steer_mode {default_map.default_mode}, steer_positions "
-           f"{default_map.default_positions}")
+    how = (f"steer_mode {policy.default_mode_for(default_map.name)}, steer_positions "
+           f"{policy.default_positions_for(default_map.name)}")
     return (intro + f"Try the pair: unsteered (steer_alpha 0) and the map's default ({alpha:g}; "
             f"{how}):\n"
             + _example_curl(host, args.port, model, api_keys, organism.example_question, 0.0)

@@ -23,8 +23,10 @@ def describe_maps(policy: SteeringPolicy) -> dict[str, Any]:
             "default": i == 0,
             "default_alpha": policy.default_alpha_for(m.name),
             "map_default_alpha": m.default_alpha,
-            "default_positions": m.default_positions,
-            "default_mode": m.default_mode,
+            "default_positions": policy.default_positions_for(m.name),
+            "map_default_positions": m.default_positions,
+            "default_mode": policy.default_mode_for(m.name),
+            "map_default_mode": m.default_mode,
             "num_neurons": m.num_neurons,
             "layers": [{"layer": layer, "neurons": int(idx.numel())}
                        for layer, (idx, _) in m.layers.items()],

@@ -42,6 +42,8 @@ class SteeringPolicy:
     maps: Sequence[NeuronMap]
     max_alpha: float
     default_alpha: float | None = None  # None: the chosen map's own default_alpha
+    default_mode: str | None = None  # None: the chosen map's own default_mode
+    default_positions: str | None = None  # None: the chosen map's own default_positions
 
     @property
     def map_names(self) -> list[str]:
@@ -52,6 +54,16 @@ class SteeringPolicy:
             if m.name == map_name:
                 return m.gate
         return None
+
+    def map_named(self, map_name: str) -> NeuronMap:
+        return next(m for m in self.maps if m.name == map_name)
+
+    def default_mode_for(self, map_name: str) -> str:
+        """The mode a request naming ``map_name`` and no mode gets."""
+        return self.default_mode or self.map_named(map_name).default_mode
+
+    def default_positions_for(self, map_name: str) -> str:
+        return self.default_positions or self.map_named(map_name).default_positions
 
     def default_alpha_for(self, map_name: str) -> float:
         if self.default_alpha is not None:

@@ -114,3 +114,95 @@ def test_a_grid_with_a_bad_axis_is_refused_naming_the_flag(kwargs, message):
             "modes": ("always",), **kwargs}
     with pytest.raises(ValueError, match=message):
         Grid(**axes)
+
+
+def test_breaking_exactly_the_allowed_share_still_qualifies():
+    rule = CalibrationRule(max_broken_share=0.045)  # 0.045 x 200 = 9 (8.999... in floats)
+    assert rule.why_not(_cell(300, 9), OFF) is None
+    assert rule.why_not(_cell(300, 10), OFF).startswith("right->wrong 10")
+
+
+def test_last_ties_go_to_always_then_positions_order_then_the_negative_sign():
+    adaptive = _cell(300, 2, mode="adaptive", positions="from_last_prompt")
+    always = _cell(300, 2, mode="always", positions="generated")
+    assert decide([OFF, adaptive, always], CalibrationRule()).chosen is always
+    late = _cell(300, 2, positions="generated")
+    early = _cell(300, 2, positions="from_last_prompt")
+    assert decide([OFF, late, early], CalibrationRule()).chosen is early
+    plus, minus = _cell(300, 2, alpha=4.0), _cell(300, 2, alpha=-4.0)
+    assert decide([OFF, plus, minus], CalibrationRule()).chosen is minus
+    assert "then the negative sign" in CalibrationRule().describe()
+
+
+def test_settings_that_differ_only_in_positions_are_summarized_apart():
+    from adaras_vllm.evaluate.summary import Graded, summarize
+
+    graded = [Graded("p1", None, 0.0, "1", True, mode="off"),
+              Graded("p1", "top1", -4.0, "1", True, positions="last_prompt"),
+              Graded("p1", "top1", -4.0, "2", False, positions="generated")]
+    rows = {s.positions: s.correct for s in summarize(graded) if s.alpha != 0.0}
+    assert rows == {"last_prompt": 1, "generated": 0}
+
+
+def test_each_grid_request_names_its_mode_and_positions():
+    from adaras_vllm.evaluate.runner import _extra
+
+    assert _extra(Setting("top25", -4.0, "adaptive", "last_prompt")) == {
+        "steer_alpha": -4.0, "steer_map": "top25", "steer_mode": "adaptive",
+        "steer_positions": "last_prompt"}
+    assert _extra(Setting(None, 0.0, "off")) == {"steer_alpha": 0.0, "steer_mode": "off"}
+
+
+def _gated_map(neurons: int):
+    from adaras_vllm.maps import NeuronMap
+    from adaras_vllm.maps.gate_file import random_gate
+
+    m = NeuronMap.from_layers("m", {0: (list(range(neurons)), [0.1 * (i + 1) for i in
+                                                               range(neurons)])},
+                              num_hidden_layers=2, intermediate_size=64, hidden_size=8)
+    return m.with_gate(random_gate(4, 2, num_hidden_layers=2, intermediate_size=64))
+
+
+def _record() -> dict:
+    return {"rule": CalibrationRule().describe(), "grid": {"alphas": [-4.0, 4.0]},
+            "map": {"sha256": "ab" * 32}, "problems": {"path": "/v/validation.jsonl",
+                                                         "sha256": "cd" * 32},
+            "model": "m"}
+
+
+def test_a_chosen_setting_becomes_the_maps_top_n_and_defaults_with_its_provenance():
+    import json
+
+    from adaras_vllm.evaluate.calibrate_command import calibrated_map
+
+    chosen = _cell(300, 2, alpha=-4.0, neurons=10, mode="adaptive", positions="last_prompt")
+    m = calibrated_map(_gated_map(20), decide([OFF, chosen], CalibrationRule()), _record())
+    assert (m.num_neurons, m.default_alpha, m.default_mode, m.default_positions) == (
+        10, -4.0, "adaptive", "last_prompt")
+    assert m.gate is not None
+    meta = m.metadata
+    assert meta["calibration_recommendation"] == "steer"
+    assert json.loads(meta["calibration_chosen"]) == {
+        "alpha": -4.0, "neurons": 10, "positions": "last_prompt", "mode": "adaptive"}
+    assert json.loads(meta["calibration_validation"])["accuracy"] == 300 / N
+    assert meta["calibration_problems"] == "validation.jsonl"
+
+
+def test_an_off_recommendation_keeps_the_neurons_and_zeroes_the_default_alpha():
+    from adaras_vllm.evaluate.calibrate_command import calibrated_map
+
+    m = calibrated_map(_gated_map(20), decide([OFF, _cell(201, 0)], CalibrationRule()),
+                       _record())
+    assert (m.num_neurons, m.default_alpha, m.default_mode) == (20, 0.0, "always")
+    assert m.metadata["calibration_recommendation"] == "off"
+    assert m.metadata["calibration_chosen"] == "null"
+
+
+def test_recalibrating_with_the_same_outcome_keeps_the_fingerprint():
+    from adaras_vllm.evaluate.calibrate_command import calibrated_map
+
+    calibration = decide([OFF, _cell(300, 2, neurons=10)], CalibrationRule())
+    a = calibrated_map(_gated_map(20), calibration, _record())
+    b = calibrated_map(_gated_map(20), calibration, _record()).with_metadata(
+        {"calibration_created": "2030-01-01T00:00:00+00:00"})
+    assert a.fingerprint() == b.fingerprint()

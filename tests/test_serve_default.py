@@ -141,7 +141,8 @@ def _lm_eval_accuracy(server, tmp_path, problems, alpha: float) -> float:  # noq
     proc = subprocess.run(
         [sys.executable, "-m", "lm_eval", "--model", "local-chat-completions",
          "--model_args", model_args, "--apply_chat_template", "--include_path", str(tasks),
-         "--tasks", "adaras_organism", "--gen_kwargs", f"steer_alpha={alpha:g}",
+         "--tasks", "adaras_organism", "--gen_kwargs",
+         f"steer_alpha={alpha:g},steer_mode=always",  # as adaras eval asks
          "--output_path", str(out)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
         env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})

@@ -84,8 +84,8 @@ def test_the_defaults_change_the_configuration_fingerprint(map_file):
      "default_mode must be one of"),
     ({"maps": [{"name": "a", "path": "/x", "fingerprint": "f"}], "alpha": 1},
      "unknown field"),
-    ({"schema": 2, "maps": [{"name": "a", "path": "/x", "fingerprint": "f"}]},
-     "schema must be 1"),
+    ({"schema": 1, "maps": [{"name": "a", "path": "/x", "fingerprint": "f"}]},
+     "schema must be 2"),
 ])
 def test_a_malformed_config_is_refused_naming_the_field(raw, message):
     with pytest.raises(SteeringConfigError, match=message):
@@ -168,3 +168,13 @@ def test_a_second_engine_with_other_steering_in_the_same_process_is_refused(conf
 
     gc.collect()
     assert not adopt(_vllm_config({}), "the engine core", _Owner())  # the first is gone
+
+
+def test_the_default_mode_may_defer_to_each_maps_own_and_round_trips():
+    raw = {"maps": [{"name": "a", "path": "/x", "fingerprint": "f"}]}
+    config = SteeringConfig.from_dict(raw)  # absent: each map's default_mode
+    assert config.defaults.default_mode is None
+    assert config.to_dict()["default_mode"] == "map"
+    assert SteeringConfig.from_dict(config.to_dict()) == config
+    explicit = SteeringConfig.from_dict({**raw, "default_mode": "always"})
+    assert explicit.defaults.default_mode == "always"

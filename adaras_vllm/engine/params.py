@@ -97,7 +97,7 @@ class SteeringDefaults:
 
     max_alpha: float = DEFAULT_MAX_STEER_ALPHA
     default_alpha: float | None = 0.0
-    default_mode: str | None = "always"  # None: the chosen map's own default_mode
+    default_mode: str | None = None  # None: the chosen map's own default_mode (else always)
     default_positions: str | None = None  # None: the chosen map's own default_positions
 
     @classmethod
@@ -140,12 +140,10 @@ def default_steer_alpha(environ: Mapping[str, str] | None = None) -> float | Non
 
 
 def default_steer_mode(environ: Mapping[str, str] | None = None) -> str | None:
-    """The operator's default mode (env ``ADARAS_DEFAULT_STEER_MODE``): unset is
-    ``always``; ``map`` (None) is each map's own ``default_mode``."""
+    """The operator's default mode (env ``ADARAS_DEFAULT_STEER_MODE``); None (unset or
+    ``map``): each map's own ``default_mode``, which is ``always`` unless calibrated."""
     raw = (os.environ if environ is None else environ).get(DEFAULT_MODE_ENV, "").strip()
-    if not raw:
-        return "always"
-    if raw == "map":
+    if raw in ("", "map"):
         return None
     if raw not in MODES:
         raise SteeringParamError(

@@ -27,8 +27,8 @@ from .params import MODES, POSITIONS, SteeringDefaults
 
 KEY = "adaras"
 #: The record's version; it is part of what the compile-cache key hashes, so a change to
-#: the steer op bumps it.
-SCHEMA = 1
+#: the steer op bumps it. 2: ``default_mode`` may be ``map`` (the map's own).
+SCHEMA = 2
 #: ``name=path,path2``: the maps plain ``vllm serve`` / ``LLM`` users name.
 MAPS_ENV = "ADARAS_NEURON_MAPS"
 
@@ -173,7 +173,7 @@ class SteeringConfig:
             raise SteeringConfigError(f"{where}.max_alpha must be >= 0, got {max_alpha}")
         default = raw.get("default_alpha", 0.0)
         default_alpha = None if default == "map" else _number(default, f"{where}.default_alpha")
-        mode = raw.get("default_mode", "always")
+        mode = raw.get("default_mode", "map")
         if mode != "map" and mode not in MODES:
             raise SteeringConfigError(f"{where}.default_mode must be one of {', '.join(MODES)} "
                                       f"or 'map', got {mode!r}")

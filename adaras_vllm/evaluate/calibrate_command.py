@@ -88,7 +88,8 @@ def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
                    help="the rule's thresholds: McNemar p below P against off, right->wrong "
                    "at most S of the answers off gets right (default: p=0.05,broken=0.05)")
     p.add_argument("--out", type=Path, metavar="MAP",
-                   help="where the calibrated map goes (default: over --neuron-map)")
+                   help="where the calibrated map goes (default: over --neuron-map; a shipped "
+                   "map named by bare name needs --out)")
     p.add_argument("--limit", type=int, help="only the first N problems (a quick look)")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -116,7 +117,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from .runner import AskSettings, ask_offline
     from .summary import format_table, summarize
 
+    from adaras_vllm.engine.params import MAX_ALPHA_ENV, max_steer_alpha
+
     map_path = resolve_map_path(args.neuron_map)
+    if args.out is None and map_path != Path(args.neuron_map).expanduser():
+        raise ValueError(f"--neuron-map {args.neuron_map} is a shipped map ({map_path}); give "
+                         "--out for the calibrated copy rather than overwrite the shipped one")
+    bound = max_steer_alpha()
+    over = [a for a in args.alphas if a > bound]
+    if over:
+        raise ValueError(f"--alphas {','.join(f'{a:g}' for a in over)} exceed the engine's "
+                         f"bound {bound:g} on |steer_alpha| ({MAX_ALPHA_ENV}); give magnitudes "
+                         f"up to {bound:g} or raise {MAX_ALPHA_ENV}")
     base = NeuronMap.load(map_path)
     total = base.num_neurons
     neurons = args.neurons or tuple(sorted({n for n in DEFAULT_NEURONS if n < total} | {total}))
@@ -131,6 +143,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     grid = Grid(args.alphas, neurons, args.positions, modes)
     task, problems = read_task_problems(args.problems, args.task)
     problems = problems[: args.limit]
+    if not problems:
+        raise ValueError(f"--problems {args.problems} has no problems"
+                         + (f" (after --limit {args.limit})" if args.limit is not None else ""))
     sandbox = check_grader(task, args.allow_unisolated, args.sandbox_python)
     out = args.out or map_path
     record_path = out.with_suffix(".calibration.json")

@@ -65,7 +65,8 @@ class CalibrationRule:
                 f"{self.max_broken_share:g} of the answers off gets right; ties: fewer "
                 "right->wrong, then smaller |alpha|, then fewer neurons, then always before "
                 "adaptive, then positions in the order from_last_prompt, last_prompt, "
-                "generated. If no setting qualifies: off (default_alpha 0).")
+                "generated, then the negative sign. If no setting qualifies: off "
+                "(default_alpha 0).")
 
     def why_not(self, cell: SettingSummary, off: SettingSummary) -> str | None:
         """None when ``cell`` qualifies, else the first condition it fails."""
@@ -74,7 +75,7 @@ class CalibrationRule:
         if not cell.mcnemar_p < self.max_p:
             return f"McNemar p {cell.mcnemar_p:.3g} >= {self.max_p:g}"
         allowed = self.max_broken_share * off.correct
-        if cell.right_to_wrong > allowed:
+        if cell.right_to_wrong > math.floor(allowed + 1e-9):  # 0.29 x 100 is 28.999...
             return (f"right->wrong {cell.right_to_wrong} > {self.max_broken_share:g} x "
                     f"{off.correct} = {allowed:g}")
         return None

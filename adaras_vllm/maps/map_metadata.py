@@ -36,7 +36,7 @@ REQUIRED_METADATA = (
 
 #: Metadata that records *when*, not *what*: left out of the fingerprint so that rebuilding the
 #: same map yields the same fingerprint.
-NOT_FINGERPRINTED = frozenset({"created"})
+NOT_FINGERPRINTED = frozenset({"created", "calibration_created"})
 
 #: The largest value an integer metadata field may have: indices are int64, and a bound keeps
 #: int() away from Python's limit on converting very long digit strings (ValueError).

@@ -102,7 +102,8 @@ class NeuronMap:
         elif self.default_mode == "adaptive":
             raise MapFormatError(
                 f"{who}: metadata default_mode is 'adaptive' but the map has no correctness "
-                "gate; add one (adaras gate train / copy) or set default_mode 'always'"
+                "gate; add one (adaras gate train / copy) or recalibrate without it "
+                "(adaras maps calibrate --modes always)"
             )
 
     # ----------------------------------------------------------------------------- factories
