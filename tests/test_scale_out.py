@@ -93,7 +93,8 @@ def test_metrics_add_up_across_api_processes(two_api_processes):
     before = metric(two_api_processes, name, AUTH)
     for i in range(6):
         with httpx.Client():
-            chat(two_api_processes, QUESTIONS[i % len(QUESTIONS)], AUTH, steer_alpha=-4.0)
+            chat(two_api_processes, QUESTIONS[i % len(QUESTIONS)], AUTH, steer_alpha=-4.0,
+                 steer_mode="always")  # the map's default is adaptive: the gate may not fire
     for _ in range(4):  # whichever process answers /metrics sees every process's counts
         assert metric(two_api_processes, name, AUTH) == before + 6
 
