@@ -49,7 +49,7 @@ ServeSubcommand.cmd(args)
 """
 
 #: What ``adaras serve --organism modes`` carries (bound 8, each map's default alpha).
-FRONT_END_DEFAULTS = SteeringDefaults(8.0, None, "always")
+FRONT_END_DEFAULTS = SteeringDefaults(8.0, None, None)  # as adaras serve: the map's
 
 
 def front_end_config() -> dict:
@@ -94,9 +94,10 @@ def solo(tmp_path_factory):
 
 @pytest.fixture
 def other_map(tmp_path) -> Path:
-    """The modes map without its gate: same name and neurons, other content."""
+    """The modes map without its gate: same name and neurons, other content (a map
+    without a gate cannot recommend adaptive)."""
     path = tmp_path / "modes-other.safetensors"
-    NeuronMap.load(MAP_PATH).with_gate(None).save(path)
+    NeuronMap.load(MAP_PATH).with_metadata({"default_mode": "always"}).with_gate(None).save(path)
     return path
 
 
