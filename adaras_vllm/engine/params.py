@@ -142,27 +142,24 @@ def default_steer_alpha(environ: Mapping[str, str] | None = None) -> float | Non
 def default_steer_mode(environ: Mapping[str, str] | None = None) -> str | None:
     """The operator's default mode (env ``ADARAS_DEFAULT_STEER_MODE``); None (unset or
     ``map``): each map's own ``default_mode``, which is ``always`` unless calibrated."""
-    raw = (os.environ if environ is None else environ).get(DEFAULT_MODE_ENV, "").strip()
-    if raw in ("", "map"):
-        return None
-    if raw not in MODES:
-        raise SteeringParamError(
-            f"{DEFAULT_MODE_ENV} must be one of {', '.join(MODES)} or 'map', got {raw[:80]!r}"
-        )
-    return raw
+    return _choice_or_map(environ, DEFAULT_MODE_ENV, MODES)
 
 
 def default_steer_positions(environ: Mapping[str, str] | None = None) -> str | None:
     """The operator's default positions (env ``ADARAS_DEFAULT_STEER_POSITIONS``); None
     (unset or ``map``): each map's own ``default_positions``."""
-    raw = (os.environ if environ is None else environ).get(DEFAULT_POSITIONS_ENV, "").strip()
+    return _choice_or_map(environ, DEFAULT_POSITIONS_ENV, POSITIONS)
+
+
+def _choice_or_map(environ: Mapping[str, str] | None, name: str,
+                   allowed: Sequence[str]) -> str | None:
+    """One of ``allowed`` from env ``name``; None when it is unset or ``map``."""
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
     if raw in ("", "map"):
         return None
-    if raw not in POSITIONS:
+    if raw not in allowed:
         raise SteeringParamError(
-            f"{DEFAULT_POSITIONS_ENV} must be one of {', '.join(POSITIONS)} or 'map', got "
-            f"{raw[:80]!r}"
-        )
+            f"{name} must be one of {', '.join(allowed)} or 'map', got {raw[:80]!r}")
     return raw
 
 
